@@ -1,0 +1,39 @@
+"""fastmixer: MLP-Mixer with fused Triton kernels, a drop-in replacement for timm's Mixer models.
+
+from fastmixer import MixerB16
+model = MixerB16(pretrained=True)         # timm's mixer_b16_224 weights, fused kernels on CUDA
+"""
+
+from fastmixer.model import MixerBlock, MlpMixer
+from fastmixer.ops import channel_mix, get_backend, norm_pool, set_backend, token_mix, use_backend
+from fastmixer.registry import (
+    MixerB16,
+    MixerB32,
+    MixerH14,
+    MixerL16,
+    MixerL32,
+    MixerS16,
+    MixerS32,
+    create_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MixerB16",
+    "MixerB32",
+    "MixerBlock",
+    "MixerH14",
+    "MixerL16",
+    "MixerL32",
+    "MixerS16",
+    "MixerS32",
+    "MlpMixer",
+    "channel_mix",
+    "create_model",
+    "get_backend",
+    "norm_pool",
+    "set_backend",
+    "token_mix",
+    "use_backend",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from fastmixer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared test helpers (import as `from helpers import ...`; tests/ is on sys.path)."""
+
+from functools import partial
+
+import torch
+
+
+def randomize_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Give every parameter non-trivial values (timm zero-inits the head and LN; a zero head hides any error)."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(
+                    std * torch.randn(p.shape, generator=g) if p.dim() > 1 else 0.1 * torch.randn(p.shape, generator=g)
+                )
+    return model
+
+
+def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain timm MlpMixer with the same architecture and weights as a fastmixer model."""
+    from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
+
+    blk = model.blocks[0]
+    t = TimmMlpMixer(
+        num_classes=model.num_classes,
+        img_size=model.stem.img_size,
+        in_chans=model.in_chans,
+        patch_size=model.stem.patch_size[0],
+        num_blocks=len(model.blocks),
+        embed_dim=model.embed_dim,
+        mlp_ratio=(
+            blk.mlp_tokens.fc1.out_features / model.embed_dim,
+            blk.mlp_channels.fc1.out_features / model.embed_dim,
+        ),
+        norm_layer=partial(torch.nn.LayerNorm, eps=blk.norm1.eps),
+        global_pool=model.global_pool,
+    )
+    t.load_state_dict(model.state_dict(), strict=True)
+    return t.to(next(model.parameters()).device).train(model.training)
