@@ -98,3 +98,15 @@ def test_unfusable_config_runs_timm_forward(reference_backend):
     ref.load_state_dict(m.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(m(x), ref.eval()(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_matches_timm(dtype, reference_backend):
+    """Under autocast the reference path issues timm's exact op sequence, so outputs are bit-identical."""
+    m = randomize_(MlpMixer(num_classes=7, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)).eval()
+    ref = timm_twin(m).eval()
+    x = torch.randn(2, 3, 42, 42)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        a, b = m(x), ref(x)
+    assert a.dtype == b.dtype
+    assert torch.equal(a, b)
