@@ -4,8 +4,11 @@ from fastmixer import MixerB16
 model = MixerB16(pretrained=True)         # timm's mixer_b16_224 weights, fused kernels on CUDA
 """
 
+from fastmixer.evaluate import evaluate
+from fastmixer.info import info
 from fastmixer.model import MixerBlock, MlpMixer
 from fastmixer.ops import channel_mix, get_backend, norm_pool, set_backend, token_mix, use_backend
+from fastmixer.predict import predict
 from fastmixer.registry import (
     MixerB16,
     MixerB32,
@@ -31,8 +34,11 @@ __all__ = [
     "MlpMixer",
     "channel_mix",
     "create_model",
+    "evaluate",
     "get_backend",
+    "info",
     "norm_pool",
+    "predict",
     "set_backend",
     "token_mix",
     "use_backend",

@@ -1,0 +1,300 @@
+"""`fastmixer.predict`: classify an image with a Mixer using the model's own preprocessing, and `fastmixer predict`.
+
+Preprocessing is timm's: `timm.data.resolve_data_config` on the model's pretrained_cfg (Google weights: bicubic resize
+to 224 / 0.875, centre crop 224, mean = std = 0.5) and `timm.data.create_transform`, with the input size taken from the
+model itself (a model built with img_size=384 gets 384 crops). Class names come from the lists timm ships
+(ImageNet-1k, Google's 21k = 21843 classes, MIIL's 21k = 11221 classes); any other head gets "class_<i>".
+
+The model-building options shared by `fastmixer predict` and `fastmixer eval` live here too (add_model_args,
+model_from_args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = ["class_labels", "data_config", "load_image", "predict", "preprocess", "transforms"]
+
+ImageLike = str | os.PathLike | Image.Image | Tensor
+DEFAULT_MODEL = "mixer_b16_224"
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's eval data config for `model` (input_size, interpolation, mean, std, crop_pct, crop_mode).
+
+    Read from `model.pretrained_cfg` (timm defaults where it has none), with the input size replaced by the one the
+    model was built for (`model.stem.img_size`), so the crops always fit a fixed-size Mixer.
+    """
+    from timm.data import resolve_data_config
+
+    args: dict[str, Any] = {}
+    stem = getattr(model, "stem", None)
+    img_size = getattr(stem, "img_size", None)
+    if img_size is not None:
+        args["input_size"] = (int(getattr(model, "in_chans", 3)), int(img_size[0]), int(img_size[1]))
+    return resolve_data_config(args, model=model)
+
+
+def transforms(model: nn.Module) -> Callable[[Image.Image], Tensor]:
+    """The eval transform of `model`: PIL image -> normalised float32 tensor [3, H, W] (timm's create_transform)."""
+    from timm.data import create_transform
+
+    return create_transform(**data_config(model), is_training=False)
+
+
+def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+    """A path or PIL image -> RGB PIL image (greyscale, palette and RGBA inputs are converted)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"expected an image path or a PIL.Image, got {type(image).__name__}")
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{str(path)!r} is not an image file PIL can read") from e
+
+
+def preprocess(image: ImageLike, transform: Callable[[Image.Image], Tensor]) -> Tensor:
+    """One image -> float tensor [3, H, W] ready for the model.
+
+    Paths, PIL images and uint8 tensors [3, H, W] (RGB, 0..255) go through `transform`; floating-point tensors
+    [3, H, W] or [1, 3, H, W] are taken as already preprocessed and passed through unchanged.
+    """
+    if isinstance(image, Tensor):
+        if image.dtype == torch.uint8:
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"expected a uint8 RGB image tensor [3, H, W], got shape {tuple(image.shape)}")
+            from torchvision.transforms.functional import to_pil_image
+
+            # via PIL so a uint8 tensor is resized exactly like the same picture loaded from a file
+            return transform(to_pil_image(image.cpu()))
+        if not image.is_floating_point():
+            raise TypeError(f"expected a uint8 or floating-point image tensor, got {image.dtype}")
+        if image.dim() == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.dim() != 3:
+            raise ValueError(
+                f"expected one preprocessed image [3, H, W] or [1, 3, H, W], got shape {tuple(image.shape)}; "
+                "pass a list of images to predict a batch"
+            )
+        return image
+    return transform(load_image(image))
+
+
+# ------------------------------------------------------------------------------------------------ labels
+@functools.lru_cache(maxsize=4)
+def _imagenet_labels(num_classes: int) -> tuple[str, ...] | None:
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is None:
+        return None
+    try:
+        info = ImageNetInfo(subset)
+    except (AssertionError, OSError):  # a subset this timm version ships no synset list for
+        return None
+    if info.num_classes() != num_classes:
+        return None
+    return tuple(info.label_descriptions())
+
+
+def class_labels(model_or_num_classes: nn.Module | int) -> list[str]:
+    """Class index -> name: ImageNet lemmas ("tench, Tinca tinca") for 1000 / 21843 / 11221 classes (timm's lists),
+    else "class_<i>"."""
+    if isinstance(model_or_num_classes, nn.Module):
+        num_classes = getattr(model_or_num_classes, "num_classes", None)
+        if num_classes is None:
+            raise TypeError(f"{type(model_or_num_classes).__name__} has no num_classes attribute")
+    else:
+        num_classes = model_or_num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"expected a positive number of classes, got {num_classes!r}")
+    names = _imagenet_labels(num_classes)
+    return list(names) if names is not None else [f"class_{i}" for i in range(num_classes)]
+
+
+# ------------------------------------------------------------------------------------------------ prediction
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    p = next(iter(model.parameters()), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def predict(
+    model: nn.Module,
+    image: ImageLike | Sequence[ImageLike],
+    topk: int = 5,
+    device: str | torch.device | None = None,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Classify one image (or a list of images, run as one batch) with `model`.
+
+    image: a path, a PIL image, a uint8 RGB tensor [3, H, W] (these three go through the model's transforms), or an
+    already preprocessed float tensor [3, H, W] / [1, 3, H, W]. A list/tuple of these gives a list of results.
+    device: where to run; the model is moved there (default: where the model already is).
+    labels: class names overriding the ImageNet lists (e.g. for a fine-tuned head).
+
+    Returns {"pred_class": int, "pred_score": float (softmax probability), "pred_label": str,
+    "topk": [{"class", "score", "label"}, ...] best first, min(topk, num_classes) entries}.
+    Runs in eval mode under torch.no_grad and restores the model's previous train/eval mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be a positive int, got {topk!r}")
+    num_classes = getattr(model, "num_classes", None)
+    if not num_classes:
+        raise ValueError("the model has no classifier head (num_classes == 0); use reset_classifier(n) first")
+    if labels is None:
+        names = class_labels(int(num_classes))
+    else:
+        names = [str(s) for s in labels]
+        if len(names) != num_classes:
+            raise ValueError(f"labels has {len(names)} names but the model has {num_classes} classes")
+
+    batched = isinstance(image, (list, tuple))
+    images = list(image) if batched else [image]
+    if not images:
+        raise ValueError("expected at least one image, got an empty list")
+
+    if device is not None:
+        model.to(device)
+    dev, dtype = _model_device(model), _model_dtype(model)
+    tf = transforms(model)
+    x = torch.stack([preprocess(im, tf).to(dev) for im in images]).to(dtype)  # [N, 3, H, W]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)  # [N, num_classes]
+    finally:
+        model.train(was_training)
+    probs = logits.float().softmax(dim=-1)
+    scores, idx = probs.topk(min(topk, int(num_classes)), dim=-1)  # [N, k], best first
+
+    results = []
+    for s_row, i_row in zip(scores.tolist(), idx.tolist()):
+        top = [{"class": int(i), "score": float(s), "label": names[i]} for s, i in zip(s_row, i_row)]
+        results.append(
+            {"pred_class": top[0]["class"], "pred_score": top[0]["score"], "pred_label": top[0]["label"], "topk": top}
+        )
+    return results if batched else results[0]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Options that pick and load the model (shared by `predict` and `eval`)."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"timm or fastmixer name, optionally with a tag: mixer_b16_224.goog_in21k, MixerB16 "
+        f"(default {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--checkpoint", metavar="PATH", help="local weights: timm .pth/.safetensors, mmpretrain .pth or JAX .npz"
+    )
+    g.add_argument("--pretrained", action="store_true", help="fetch timm's pretrained weights (needs network or cache)")
+    g.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's, else the model's)")
+    g.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
+    g.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.device]:
+    """Build the model described by add_model_args' options, moved to the chosen device, in eval mode."""
+    from fastmixer.registry import create_model
+
+    if args.checkpoint and args.pretrained:
+        raise ValueError("pass either --checkpoint or --pretrained, not both")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {args.checkpoint!r}")
+    kwargs: dict[str, Any] = {}
+    if args.num_classes is not None:
+        if args.num_classes < 1:
+            raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
+        kwargs["num_classes"] = args.num_classes
+    if args.img_size is not None:
+        if args.img_size < 1:
+            raise ValueError(f"--img-size must be >= 1, got {args.img_size}")
+        kwargs["img_size"] = args.img_size
+    if args.checkpoint and (args.num_classes is None or args.img_size is None):
+        from fastmixer.weights import infer_config, read_checkpoint
+
+        # head size and resolution of a fine-tuned checkpoint (10 classes, 384 px, ...) from its weights' shapes;
+        # when they cannot be inferred the load below reports what does not fit
+        try:
+            cfg = infer_config(read_checkpoint(args.checkpoint))
+        except ValueError:
+            cfg = {}
+        if args.num_classes is None and cfg.get("num_classes"):
+            kwargs["num_classes"] = cfg["num_classes"]
+        if args.img_size is None and cfg.get("img_size"):
+            kwargs["img_size"] = cfg["img_size"]
+    if not args.checkpoint and not args.pretrained:
+        print(
+            "warning: no --checkpoint or --pretrained given: the weights are random, so are the predictions",
+            file=sys.stderr,
+        )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **kwargs)
+    return model.to(device).eval(), device
+
+
+def _format(image: str, result: dict[str, Any]) -> str:
+    lines = [f"{image}: {result['pred_label']} (class {result['pred_class']}, p = {result['pred_score']:.4f})"]
+    lines.append(f"  {'rank':>4}  {'class':>5}  {'score':>7}  label")
+    for rank, t in enumerate(result["topk"], 1):
+        lines.append(f"  {rank:>4}  {t['class']:>5}  {t['score']:>7.4f}  {t['label']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`fastmixer predict`: print the top-k classes of each image (JSON lines with --json)."""
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    for path in args.images:  # fail on a bad path before building (and maybe downloading) the model
+        load_image(path)
+    model, device = model_from_args(args)
+    for path in args.images:
+        result = predict(model, path, topk=args.topk, device=device)
+        if args.json:
+            print(json.dumps({"image": path, **result}))
+        else:
+            print(_format(path, result))
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify images with a Mixer (timm preprocessing, ImageNet labels)",
+        description="Classify images with a Mixer, using the model's own timm preprocessing; prints the top-k classes.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) (anything PIL reads)")
+    p.add_argument("--topk", type=int, default=5, help="how many classes to list (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+    add_model_args(p)
+    p.set_defaults(func=run)
+    return p
