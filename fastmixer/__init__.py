@@ -19,10 +19,19 @@ from fastmixer.registry import (
     MixerS32,
     create_model,
 )
+from fastmixer.weights import (
+    CheckpointError,
+    from_timm,
+    infer_config,
+    load_checkpoint,
+    model_from_checkpoint,
+    to_timm,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "MixerB16",
     "MixerB32",
     "MixerBlock",
@@ -35,11 +44,16 @@ __all__ = [
     "channel_mix",
     "create_model",
     "evaluate",
+    "from_timm",
     "get_backend",
+    "infer_config",
     "info",
+    "load_checkpoint",
+    "model_from_checkpoint",
     "norm_pool",
     "predict",
     "set_backend",
+    "to_timm",
     "token_mix",
     "use_backend",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import timm
 from timm.models import get_pretrained_cfg
-from timm.models._builder import build_model_with_cfg
+from timm.models._builder import build_model_with_cfg, load_pretrained
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 from timm.models._registry import register_model, split_model_name_tag
 from timm.models.mlp_mixer import checkpoint_filter_fn
@@ -75,24 +75,19 @@ def _default_cfg(arch: str, timm_arch: str | None) -> DefaultCfg:
 def _builder(arch: str, arch_args: dict[str, Any]):
     def build(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
         out_indices = kwargs.pop("out_indices", 3)
-        try:
-            return build_model_with_cfg(
-                MlpMixer,
-                arch,
-                pretrained,
-                pretrained_filter_fn=checkpoint_filter_fn,
-                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-                **{**arch_args, **kwargs},
-            )
-        except (OSError, RuntimeError, ValueError) as e:
-            if not pretrained:
-                raise
-            raise RuntimeError(
-                f"could not fetch pretrained weights for {arch} ({type(e).__name__}: {e}). Without network access, "
-                f"download the timm checkpoint elsewhere and pass it as a file: "
-                f"fastmixer.create_model('{arch}', checkpoint_path='weights.safetensors') or "
-                "fastmixer.load_checkpoint(model, path) (timm .pth/.safetensors, mmpretrain .pth and JAX .npz work)"
-            ) from e
+        cache_dir = kwargs.pop("cache_dir", None)
+        features = kwargs.get("features_only", False)
+        model = build_model_with_cfg(
+            MlpMixer,
+            arch,
+            pretrained and features,  # feature wrappers load inside timm; plain models load below
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **{**arch_args, **kwargs},
+        )
+        if pretrained and not features:
+            _load_pretrained(model, kwargs.get("in_chans", 3), cache_dir)
+        return model
 
     build.__name__ = arch
     build.__qualname__ = arch
@@ -102,6 +97,35 @@ def _builder(arch: str, arch_args: dict[str, Any]):
 
 # timm's register_model reads the pretrained cfgs from the entry point's module attribute `default_cfgs`.
 default_cfgs = {arch: _default_cfg(arch, timm_arch) for arch, (timm_arch, _) in ARCHS.items()}
+
+
+def _load_pretrained(model: MlpMixer, in_chans: int, cache_dir: str | None) -> None:
+    """timm's pretrained loading (Hub or URL), with an error that says what to do offline."""
+    cfg = model.pretrained_cfg
+    name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
+    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file") or cfg.get("state_dict")):
+        raise ValueError(
+            f"{name} has no pretrained weights to fetch (timm publishes Mixer B/16 and L/16 only); "
+            "pass checkpoint_path=... or pretrained=False"
+        )
+    try:
+        extra = {"cache_dir": cache_dir} if cache_dir is not None else {}  # older timm has no cache_dir
+        load_pretrained(
+            model,
+            pretrained_cfg=cfg,
+            num_classes=model.num_classes,
+            in_chans=in_chans,
+            filter_fn=checkpoint_filter_fn,
+            **extra,
+        )
+    except Exception as e:
+        source = f"Hub id {cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else f"URL {cfg.get('url') or cfg.get('file')}"
+        raise RuntimeError(
+            f"could not fetch pretrained weights for {name} from {source} ({type(e).__name__}: {e}). Without "
+            f"network access, download that checkpoint (e.g. model.safetensors of the Hub id) elsewhere and pass the "
+            f"file: fastmixer.create_model('{name}', checkpoint_path='model.safetensors') or "
+            "fastmixer.load_checkpoint(model, path) (timm .pth/.safetensors, mmpretrain .pth and JAX .npz all work)"
+        ) from e
 
 
 def _register_all() -> None:

@@ -1,6 +1,5 @@
 """`fastmixer predict / eval / info`: run in-process through fastmixer.cli.main (plus one `python -m fastmixer`
-subprocess), outputs checked against the library functions and timm, exit code 2 + one-line message on bad input.
-"""
+subprocess), outputs checked against the library functions and timm, exit code 2 + one-line message on bad input."""
 
 import json
 import os

@@ -1,8 +1,7 @@
 """fastmixer.predict / evaluate / info as library functions, checked against timm on a tiny image folder made here.
 
 Models are small fastmixer MlpMixers with randomised weights (CPU, reference backend via "auto"); the expected
-results come from a plain timm MlpMixer with the same weights, timm's own transforms and the test's own loop.
-"""
+results come from a plain timm MlpMixer with the same weights, timm's own transforms and the test's own loop."""
 
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def make_image_folder(root: Path, num_classes: int, per_class: int, seed: int = 
 
 def tiny_model(num_classes: int = 3) -> fastmixer.MlpMixer:
     return randomize_(
-        fastmixer.MlpMixer(num_classes=num_classes, img_size=32, patch_size=8, num_blocks=2, embed_dim=32), std=0.2,
+        fastmixer.MlpMixer(num_classes=num_classes, img_size=32, patch_size=8, num_blocks=2, embed_dim=32), std=0.2
     ).eval()
 
 
@@ -128,7 +127,7 @@ def test_preprocessing_follows_pretrained_cfg(folder3):
         small = fastmixer.create_model("mixer_s32_224", img_size=64)
     half = (0.5, 0.5, 0.5)
     assert data_config(goog) == dict(
-        input_size=(3, 224, 224), interpolation="bicubic", mean=half, std=half, crop_pct=0.875, crop_mode="center",
+        input_size=(3, 224, 224), interpolation="bicubic", mean=half, std=half, crop_pct=0.875, crop_mode="center"
     )
     cfg = data_config(miil)
     assert cfg["interpolation"] == "bilinear" and tuple(cfg["mean"]) == (0.0,) * 3 and tuple(cfg["std"]) == (1.0,) * 3
