@@ -131,7 +131,9 @@ def _matmul_dtype(x: Tensor, fc1_weight: Tensor, name: str) -> torch.dtype | Non
     return None
 
 
+@torch.compiler.assume_constant_result  # a str-returning torch.* call breaks fullgraph capture otherwise
 def _allow_tf32() -> bool:
+    # Read once per compiled graph: changing the precision after compiling needs torch._dynamo.reset().
     return torch.get_float32_matmul_precision() != "highest"
 
 
