@@ -215,35 +215,69 @@ def _mix_fake(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
     return x.new_empty(x.shape, dtype=_out_dtype(x, fc1_weight))
 
 
+def _launch_bwd(kind: str, *args, **kwargs) -> tuple[Tensor, ...]:
+    if kind == "token":
+        from fastmixer.kernels.token_mix_bwd import token_mix_bwd as bwd
+    else:
+        from fastmixer.kernels.channel_mix_bwd import channel_mix_bwd as bwd
+    return bwd(*args, **kwargs)
+
+
+def _bwd_op(kind: str):
+    def impl(
+        dout: Tensor,
+        x: Tensor,
+        ln_weight: Tensor,
+        ln_bias: Tensor,
+        fc1_weight: Tensor,
+        fc1_bias: Tensor,
+        fc2_weight: Tensor,
+        fc2_bias: Tensor,
+        branch_scale: Tensor | None,
+        eps: float,
+        allow_tf32: bool,
+    ) -> list[Tensor]:
+        # -> [dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias], each in its input's dtype
+        args = (dout.contiguous(), x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+        return list(_launch_bwd(kind, *args, eps=eps, allow_tf32=allow_tf32))
+
+    op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=())
+
+    @op.register_fake
+    def _(dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, allow_tf32):
+        return [torch.empty_like(t) for t in (x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
+
+    return op
+
+
+# Backward ops: Triton (see kernels/*_bwd.py). They recompute LN(x), fc1 and GELU from x, so the forward saves only
+# its inputs (x and the parameters): no normalised or hidden activations are kept for backward.
+_token_mix_bwd_op = _bwd_op("token")
+_channel_mix_bwd_op = _bwd_op("channel")
+
+
 def _setup_mix_context(ctx, inputs, output) -> None:
-    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, _ = inputs
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, allow_tf32 = inputs
     ctx.save_for_backward(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
     ctx.eps = eps
+    ctx.allow_tf32 = allow_tf32
 
 
-def _mix_backward(kind: str):
+def _mix_backward(bwd_op):
     def backward(ctx, dout: Tensor):
-        x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = ctx.saved_tensors
-        grads = reference.mix_backward_ref(
-            kind,
-            dout,
-            x,
-            ln_weight,
-            ln_bias,
-            fc1_weight,
-            fc1_bias,
-            fc2_weight,
-            fc2_bias,
-            eps=ctx.eps,
-            branch_scale=branch_scale,
-        )
+        saved = ctx.saved_tensors
+        grads = bwd_op(dout, *saved, ctx.eps, ctx.allow_tf32)
         return (*grads, None, None, None)
 
     return backward
 
 
-torch.library.register_autograd("fastmixer::token_mix", _mix_backward("token"), setup_context=_setup_mix_context)
-torch.library.register_autograd("fastmixer::channel_mix", _mix_backward("channel"), setup_context=_setup_mix_context)
+torch.library.register_autograd(
+    "fastmixer::token_mix", _mix_backward(_token_mix_bwd_op), setup_context=_setup_mix_context
+)
+torch.library.register_autograd(
+    "fastmixer::channel_mix", _mix_backward(_channel_mix_bwd_op), setup_context=_setup_mix_context
+)
 
 
 @torch.library.custom_op("fastmixer::norm_pool", mutates_args=())

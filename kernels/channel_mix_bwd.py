@@ -1,0 +1,587 @@
+"""Backward of the fused channel-mixing sub-block, plus the two row-wise kernels shared with token_mix_bwd.
+
+Forward (per row m of M = B*S tokens, s = branch_scale[b] or 1):
+    y = LN(x) = xhat * g + beta,  xhat = (x - mean) * rstd      [M, C]   (cast to W before the GEMMs, as torch does)
+    a = y W1^T + b1,  h = GELU(a),  out = x + s * (h W2^T + b2)  [M, Dc] / [M, C]
+Backward (do = s * dout):
+    db2 = sum_m do;  dW2 = do^T h;  dh = do W2;  da = dh * GELU'(a);  db1 = sum_m da;  dW1 = da^T y;  dy = da W1
+    dg = sum_m dy * xhat;  dbeta = sum_m dy;  dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat))
+
+Launches (channel_mix_bwd): 3 Triton + 3 cuBLAS + host sums of fp32 partials.
+  1. _ln_prep_kernel (Triton, row-wise): recomputes the fp32 row stats from x (nothing but x is saved by the forward),
+     writes y = LN(x) in W (read by two consumers below, so it is materialised once, transiently), do = s*dout in W
+     (only when dout is not already that: branch scale or autocast), and fp32 per-program column partials of do (db2).
+  2. _dual_gemm_kernel (Triton): one K-loop over C feeds two accumulators, a = y W1^T and dh = do W2, for the same
+     [BLOCK_M, BLOCK_N] tile of [M, Dc]; the epilogue adds b1, emits h = GELU(a) (for dW2) and da = dh * GELU'(a) in W,
+     and per-m-tile fp32 column partials of da (db1). Recomputing a here costs one extra GEMM but saves storing a/h.
+  3. dW2 = do^T h, dW1 = da^T y, dy = da W1: plain GEMMs with nothing to fuse into them (their epilogues would only
+     store; the LN backward needs whole rows of dy, which no GEMM tile holds), so they go to cuBLAS (torch.mm, which
+     follows torch's fp32 matmul precision: the same setting the forward's allow_tf32 came from).
+  4. _ln_bwd_kernel (Triton, row-wise): LayerNorm backward over full rows fused with the residual gradient (+ dout) and
+     fp32 per-program column partials of dg and dbeta.
+Determinism: every reduction is either inside one program in a fixed order, a cuBLAS GEMM, or a torch sum over fp32
+partials whose layout depends only on the shapes (never on the autotuned config): no atomics, no locks.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastmixer.kernels._common import INTERPRET, dot_precision, pick_configs
+
+# Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
+DUAL_BLOCK_M = 64
+# Upper bound on programs of the row-wise kernels (their per-program column partials are [programs, C] fp32).
+_MAX_ROW_PROGRAMS = 2048
+
+
+def _f32_dot_needed(w_dtype: torch.dtype) -> bool:
+    # bf16 tl.dot is wrong under the interpreter: upcast the (already bf16) operands there, only there.
+    return INTERPRET and w_dtype == torch.bfloat16
+
+
+@triton.jit
+def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """fp32-accumulating tl.dot; DOT_F32 upcasts the operands first (interpreter + bf16 only)."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _gelu_and_grad(a):
+    """(GELU(a), GELU'(a)) of fp32 `a` sharing one erf: cdf = Phi(a); GELU = a*cdf; GELU' = cdf + a*phi(a)."""
+    cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
+    return a * cdf, cdf + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
+
+
+# ------------------------------------------------------------------------------------------------ row-wise kernels
+@triton.jit
+def _ln_prep_kernel(
+    X,  # [M, C] x, dtype X
+    DOUT,  # [M, C] upstream gradient, dtype promote(X, W)
+    SCALE,  # [B] branch scale (any float) if HAS_SCALE
+    LN_W,  # [C] gamma
+    LN_B,  # [C] beta
+    Y,  # out [M, C] LN(x) in W
+    DO,  # out [M, C] s * dout in W, if WRITE_DO
+    MEAN,  # out [M] fp32
+    RSTD,  # out [M] fp32
+    DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM
+    DO_ROWSUM,  # out [M] fp32 row sums of s * dout, if ROW_SUM
+    M,
+    C,
+    S,
+    rows_per_prog,  # a multiple of BLOCK_R
+    eps,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    WRITE_DO: tl.constexpr,
+    COL_SUM: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    g = tl.load(LN_W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    beta = tl.load(LN_B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    colsum = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows_per_prog, BLOCK_R):
+        rows = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)  # [BLOCK_R] whole rows of C per tile
+        ok = rows < M
+        m = ok[:, None] & cmask[None, :]
+        off = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(m, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)  # two-pass variance in fp32
+        tl.store(MEAN + rows, mean, mask=ok)
+        tl.store(RSTD + rows, rstd, mask=ok)
+        tl.store(Y + off, (xc * rstd[:, None] * g + beta).to(Y.dtype.element_ty), mask=m)
+        if WRITE_DO or COL_SUM or ROW_SUM:
+            do = tl.load(DOUT + off, mask=m, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                do = do * tl.load(SCALE + rows // S, mask=ok, other=0.0).to(tl.float32)[:, None]
+            if WRITE_DO:
+                tl.store(DO + off, do.to(DO.dtype.element_ty), mask=m)
+            if COL_SUM:
+                colsum += tl.sum(do, axis=0)
+            if ROW_SUM:
+                tl.store(DO_ROWSUM + rows, tl.sum(do, axis=1), mask=ok)
+    if COL_SUM:
+        tl.store(DO_COLSUM + pid.to(tl.int64) * C + cols, colsum, mask=cmask)
+
+
+@triton.jit
+def _ln_bwd_kernel(
+    X,  # [M, C] x, dtype X
+    DY,  # [M, C] gradient of LN(x), any float dtype
+    DOUT,  # [M, C] upstream gradient (the residual path)
+    LN_W,  # [C] gamma
+    MEAN,  # [M] fp32
+    RSTD,  # [M] fp32
+    DX,  # out [M, C] in X
+    DG_PART,  # out [programs, C] fp32 partials of sum dy * xhat
+    DB_PART,  # out [programs, C] fp32 partials of sum dy
+    M,
+    C,
+    rows_per_prog,  # a multiple of BLOCK_R
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat)): whole rows, fp32.
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    g = tl.load(LN_W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    dg = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows_per_prog, BLOCK_R):
+        rows = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)
+        ok = rows < M
+        m = ok[:, None] & cmask[None, :]
+        off = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        mean = tl.load(MEAN + rows, mask=ok, other=0.0)[:, None]
+        rstd = tl.load(RSTD + rows, mask=ok, other=0.0)[:, None]
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
+        dout = tl.load(DOUT + off, mask=m, other=0.0).to(tl.float32)
+        xhat = tl.where(m, (x - mean) * rstd, 0.0)
+        dyg = dy * g
+        c1 = tl.sum(dyg * xhat, axis=1)[:, None] / C
+        c2 = tl.sum(dyg, axis=1)[:, None] / C
+        dx = dout + rstd * (dyg - c2 - xhat * c1)
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+        dg += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    tl.store(DG_PART + pid.to(tl.int64) * C + cols, dg, mask=cmask)
+    tl.store(DB_PART + pid.to(tl.int64) * C + cols, db, mask=cmask)
+
+
+def _row_tile(block_c: int) -> tuple[int, int]:
+    """(BLOCK_R, num_warps) on GPU: [BLOCK_R, BLOCK_C] tiles of 4096 elements on 8 warps; 2048-wide rows (C > 1024)
+    one at a time on 4 warps (2 rows x 8 warps leaves a small stack frame on sm_80/sm_90: ptxas, measured)."""
+    return (1, 4) if block_c >= 2048 else (max(1, 4096 // block_c), 8)
+
+
+def _row_launch(M: int, C: int) -> tuple[int, int, int, int, int]:
+    """(rows_per_prog, programs, BLOCK_R, BLOCK_C, num_warps) of the row-wise kernels: a function of the shapes only
+    (and of interpreting, where fewer, fatter programs run much faster)."""
+    block_c = triton.next_power_of_2(C)
+    block_r, warps = _row_tile(block_c)
+    if INTERPRET:
+        block_r = 16
+    max_programs = 8 if INTERPRET else _MAX_ROW_PROGRAMS
+    rows_per_prog = block_r * max(1, triton.cdiv(M, block_r * max_programs))
+    return rows_per_prog, triton.cdiv(M, rows_per_prog), block_r, block_c, warps
+
+
+def ln_prep(
+    x: Tensor,
+    dout: Tensor,
+    branch_scale: Tensor | None,
+    ln_weight: Tensor,
+    ln_bias: Tensor,
+    w_dtype: torch.dtype,
+    *,
+    eps: float,
+    col_sum: bool,
+    row_sum: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Row pass over x [B, S, C] and dout [B, S, C] -> (y [B,S,C] W, do [B,S,C] W, mean [B*S] fp32, rstd [B*S] fp32,
+    column partials of do [P, C] fp32 or None, row sums of do [B*S] fp32 or None). do is dout itself when it is
+    already W and unscaled (no copy)."""
+    B, S, C = x.shape
+    M = B * S
+    dev = x.device
+    write_do = branch_scale is not None or dout.dtype != w_dtype
+    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
+    y = torch.empty((B, S, C), device=dev, dtype=w_dtype)
+    do = torch.empty((B, S, C), device=dev, dtype=w_dtype) if write_do else dout
+    mean = torch.empty(M, device=dev, dtype=torch.float32)
+    rstd = torch.empty(M, device=dev, dtype=torch.float32)
+    colsum = torch.empty((programs, C), device=dev, dtype=torch.float32) if col_sum else None
+    rowsum = torch.empty(M, device=dev, dtype=torch.float32) if row_sum else None
+    _ln_prep_kernel[(programs,)](
+        x,
+        dout,
+        branch_scale if branch_scale is not None else x,
+        ln_weight,
+        ln_bias,
+        y,
+        do,
+        mean,
+        rstd,
+        colsum if col_sum else mean,
+        rowsum if row_sum else mean,
+        M,
+        C,
+        S,
+        rpp,
+        eps,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        HAS_SCALE=branch_scale is not None,
+        WRITE_DO=write_do,
+        COL_SUM=col_sum,
+        ROW_SUM=row_sum,
+        num_warps=warps,
+    )
+    return y, do, mean, rstd, colsum, rowsum
+
+
+def ln_backward(
+    x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm backward fused with the residual gradient: x, dy, dout [B, S, C] (dy any float dtype); mean/rstd
+    [B*S] fp32 -> (dx [B, S, C] in x's dtype, dg [C] fp32, dbeta [C] fp32)."""
+    B, S, C = x.shape
+    M = B * S
+    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
+    dx = torch.empty_like(x)
+    dg_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    db_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    _ln_bwd_kernel[(programs,)](
+        x,
+        dy,
+        dout,
+        ln_weight,
+        mean,
+        rstd,
+        dx,
+        dg_part,
+        db_part,
+        M,
+        C,
+        rpp,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
+    return dx, dg_part.sum(dim=0), db_part.sum(dim=0)
+
+
+# ------------------------------------------------------------------------------------------------ dual GEMM
+def _dual_configs(fp32: bool) -> list[triton.Config]:
+    """The first config is the conservative one (the interpreter runs only it); BLOCK_M is fixed (DUAL_BLOCK_M). Two
+    fp32 accumulators per tile make this register-bound: BLOCK_K=64 spills on sm_80 even with 8 warps, and fp32
+    operands need 8 warps (or BLOCK_K=16) to stay spill-free there; every entry builds without spills and within
+    shared memory for both sm_80 and sm_90."""
+    if fp32:
+        return [
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+        ]
+    return [
+        triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    ]
+
+
+@triton.jit
+def _dual_gemm_kernel(
+    Y,  # [M, C] LN(x) in W
+    DO,  # [M, C] s * dout in W
+    W1,  # [D, C] fc1 weight
+    B1,  # [D] fc1 bias
+    W2,  # [C, D] fc2 weight
+    H,  # out [M, D] GELU(a) in W
+    DA,  # out [M, D] dh * GELU'(a) in W
+    DB1_PART,  # out [cdiv(M, BLOCK_M), D] fp32 column partials of da
+    M,
+    C,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # a = y W1^T and dh = do W2 share the K loop over C; grouped tile order keeps y/do rows and W columns in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(D, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % group_rows
+    pid_n = (pid % group) // group_rows
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mmask = rm < M
+    nmask = rn < D
+    # Out-of-range rows/cols read row 0 instead of being masked (only K needs a mask); they are never stored.
+    y_ptrs = Y + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
+    do_ptrs = DO + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
+    w1_ptrs = W1 + tl.where(nmask, rn, 0)[None, :] * C + rk[:, None]  # [BK, BN] = W1[rn, k]^T
+    w2_ptrs = W2 + tl.where(nmask, rn, 0)[None, :] + rk[:, None] * D  # [BK, BN] = W2[k, rn]
+    acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_dh = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        kmask = (k0 + rk) < C
+        y = tl.load(y_ptrs, mask=kmask[None, :], other=0.0)
+        do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
+        w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
+        w2 = tl.load(w2_ptrs, mask=kmask[:, None], other=0.0)
+        acc_a += _dot(y, w1t, DOT_F32, PRECISION)
+        acc_dh += _dot(do, w2, DOT_F32, PRECISION)
+        y_ptrs += BLOCK_K
+        do_ptrs += BLOCK_K
+        w1_ptrs += BLOCK_K
+        w2_ptrs += BLOCK_K * D
+    a = acc_a + tl.load(B1 + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    h, dgelu = _gelu_and_grad(a)
+    da = tl.where(omask, acc_dh * dgelu, 0.0)
+    off = rm.to(tl.int64)[:, None] * D + rn[None, :]
+    tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
+    tl.store(DA + off, da.to(DA.dtype.element_ty), mask=omask)
+    tl.store(DB1_PART + pid_m.to(tl.int64) * D + rn, tl.sum(da, axis=0), mask=nmask)
+
+
+# One autotuner per operand width (fp32 vs 16-bit): their config lists differ.
+_dual_gemm = {
+    fp32: triton.autotune(configs=pick_configs(_dual_configs(fp32)), key=["M", "C", "D"])(_dual_gemm_kernel)
+    for fp32 in (False, True)
+}
+
+
+# ------------------------------------------------------------------------------------------------ launcher
+def check_bwd_args(
+    name: str,
+    dout: Tensor,
+    x: Tensor,
+    ln_weight: Tensor,
+    ln_bias: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    branch_scale: Tensor | None,
+    mix_dim: int,
+) -> None:
+    """Launcher-level checks of what the kernels rely on (ops.py validated the user-facing arguments already)."""
+    if x.dim() != 3 or not x.is_contiguous():
+        raise ValueError(f"{name}: x must be a contiguous [B, S, C] tensor, got shape {tuple(x.shape)}")
+    if tuple(dout.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: dout must have x's shape {tuple(x.shape)}, got {tuple(dout.shape)}")
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    w_dtype = fc1_weight.dtype
+    for arg, t in (("x", x), ("dout", dout), ("fc1_weight", fc1_weight)):
+        if t.dtype not in floats:
+            raise TypeError(f"{name}: {arg} must be float32/float16/bfloat16, got {t.dtype}")
+    if x.dtype != w_dtype and x.dtype != torch.float32:
+        raise TypeError(f"{name}: x must be the weights' dtype {w_dtype} or float32 (autocast), got {x.dtype}")
+    B, _, C = x.shape
+    n = x.shape[mix_dim]
+    D = fc1_weight.shape[0] if fc1_weight.dim() == 2 else -1
+    expected = {
+        "fc1_weight": (fc1_weight, (D, n)),
+        "fc1_bias": (fc1_bias, (D,)),
+        "fc2_weight": (fc2_weight, (n, D)),
+        "fc2_bias": (fc2_bias, (n,)),
+        "ln_weight": (ln_weight, (C,)),
+        "ln_bias": (ln_bias, (C,)),
+    }
+    if branch_scale is not None:
+        expected["branch_scale"] = (branch_scale, (B,))
+    for arg, (t, shape) in expected.items():
+        if D < 1 or tuple(t.shape) != shape:
+            raise ValueError(f"{name}: {arg} must have shape {shape} for x {tuple(x.shape)}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: {arg} is on {t.device}, x on {x.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: {arg} must be contiguous")
+    for arg, t in (("fc1_bias", fc1_bias), ("fc2_weight", fc2_weight), ("fc2_bias", fc2_bias)):
+        if t.dtype != w_dtype:
+            raise TypeError(f"{name}: {arg} must have fc1_weight's dtype {w_dtype}, got {t.dtype}")
+
+
+def channel_mix_bwd(
+    dout: Tensor,
+    x: Tensor,
+    ln_weight: Tensor,
+    ln_bias: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    branch_scale: Tensor | None,
+    *,
+    eps: float,
+    allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of channel_mix: dout, x [B, S, C]; fc1_weight [Dc, C]; fc2_weight [C, Dc]; branch_scale [B] or None
+    -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
+    check_bwd_args(
+        "channel_mix_bwd", dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, 2
+    )
+    dout = dout.contiguous()
+    B, S, C = x.shape
+    M, D = B * S, fc1_weight.shape[0]
+    w_dtype = fc1_weight.dtype
+    y, do, mean, rstd, db2_part, _ = ln_prep(
+        x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=True, row_sum=False
+    )
+    y, do = y.view(M, C), do.view(M, C)
+    h = torch.empty((M, D), device=x.device, dtype=w_dtype)
+    da = torch.empty((M, D), device=x.device, dtype=w_dtype)
+    db1_part = torch.empty((triton.cdiv(M, DUAL_BLOCK_M), D), device=x.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(M, DUAL_BLOCK_M) * triton.cdiv(D, meta["BLOCK_N"]),)
+    _dual_gemm[w_dtype == torch.float32][grid](
+        y,
+        do,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        h,
+        da,
+        db1_part,
+        M,
+        C,
+        D,
+        BLOCK_M=DUAL_BLOCK_M,
+        GROUP_M=8,
+        DOT_F32=_f32_dot_needed(w_dtype),
+        PRECISION=dot_precision(allow_tf32, w_dtype),
+    )
+    dw2 = torch.mm(do.t(), h)  # [C, Dc]
+    dw1 = torch.mm(da.t(), y)  # [Dc, C]
+    dy = torch.mm(da, fc1_weight)  # [M, C] in W
+    dx, dg, dbeta = ln_backward(x, dy.view(B, S, C), dout, ln_weight, mean, rstd)
+    return (
+        dx,
+        dg.to(ln_weight.dtype),
+        dbeta.to(ln_bias.dtype),
+        dw1.to(fc1_weight.dtype),
+        db1_part.sum(dim=0).to(fc1_bias.dtype),
+        dw2.to(fc2_weight.dtype),
+        db2_part.sum(dim=0).to(fc2_bias.dtype),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ AOT build specs
+# Mixer variants at real block shapes: (name, tokens S, channels C, token hidden Dt, channel hidden Dc).
+SPEC_SHAPES = (("B16", 196, 768, 384, 3072), ("L16", 196, 1024, 512, 4096), ("H14", 256, 1280, 640, 5120))
+SPEC_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+_TL = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def gpu_build_specs() -> list[dict]:
+    """One dict per (kernel, config, dtype) for the ahead-of-time sm_90/sm_80 build tests. Only BLOCK_C of the row
+    kernels depends on the model shape (B/16 and L/16 share BLOCK_C=1024; H/14 needs 2048); M, C, D are runtime."""
+    specs = []
+    for tag, dtype in SPEC_DTYPES.items():
+        w = "*" + _TL[dtype]
+        seen = set()
+        for variant, _, C, _, _ in SPEC_SHAPES:
+            block_c = triton.next_power_of_2(C)
+            if block_c in seen:
+                continue
+            seen.add(block_c)
+            block_r, warps = _row_tile(block_c)
+            specs.append(
+                dict(
+                    name=f"channel_mix_bwd.ln_prep[{tag},{variant}]",
+                    fn=_ln_prep_kernel,
+                    signature={
+                        "X": "*fp32",
+                        "DOUT": "*fp32",
+                        "SCALE": "*fp32",
+                        "LN_W": "*fp32",
+                        "LN_B": "*fp32",
+                        "Y": w,
+                        "DO": w,
+                        "MEAN": "*fp32",
+                        "RSTD": "*fp32",
+                        "DO_COLSUM": "*fp32",
+                        "DO_ROWSUM": "*fp32",
+                        "M": "i32",
+                        "C": "i32",
+                        "S": "i32",
+                        "rows_per_prog": "i32",
+                        "eps": "fp32",
+                        "BLOCK_R": "constexpr",
+                        "BLOCK_C": "constexpr",
+                        "HAS_SCALE": "constexpr",
+                        "WRITE_DO": "constexpr",
+                        "COL_SUM": "constexpr",
+                        "ROW_SUM": "constexpr",
+                    },
+                    constexprs=dict(
+                        BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=True, WRITE_DO=True, COL_SUM=True, ROW_SUM=True
+                    ),
+                    num_warps=warps,
+                    num_stages=1,
+                )
+            )
+            specs.append(
+                dict(
+                    name=f"channel_mix_bwd.ln_bwd[{tag},{variant}]",
+                    fn=_ln_bwd_kernel,
+                    signature={
+                        "X": "*fp32",
+                        "DY": w,
+                        "DOUT": "*fp32",
+                        "LN_W": "*fp32",
+                        "MEAN": "*fp32",
+                        "RSTD": "*fp32",
+                        "DX": "*fp32",
+                        "DG_PART": "*fp32",
+                        "DB_PART": "*fp32",
+                        "M": "i32",
+                        "C": "i32",
+                        "rows_per_prog": "i32",
+                        "BLOCK_R": "constexpr",
+                        "BLOCK_C": "constexpr",
+                    },
+                    constexprs=dict(BLOCK_R=block_r, BLOCK_C=block_c),
+                    num_warps=warps,
+                    num_stages=1,
+                )
+            )
+        for i, cfg in enumerate(_dual_configs(dtype == torch.float32)):
+            specs.append(
+                dict(
+                    name=f"channel_mix_bwd.dual_gemm[{tag},cfg{i}]",
+                    fn=_dual_gemm_kernel,
+                    signature={
+                        "Y": w,
+                        "DO": w,
+                        "W1": w,
+                        "B1": w,
+                        "W2": w,
+                        "H": w,
+                        "DA": w,
+                        "DB1_PART": "*fp32",
+                        "M": "i32",
+                        "C": "i32",
+                        "D": "i32",
+                        "BLOCK_M": "constexpr",
+                        "BLOCK_N": "constexpr",
+                        "BLOCK_K": "constexpr",
+                        "GROUP_M": "constexpr",
+                        "DOT_F32": "constexpr",
+                        "PRECISION": "constexpr",
+                    },
+                    constexprs=dict(
+                        BLOCK_M=DUAL_BLOCK_M,
+                        GROUP_M=8,
+                        DOT_F32=False,
+                        PRECISION=dot_precision(True, dtype),
+                        **cfg.kwargs,
+                    ),
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
+            )
+    return specs

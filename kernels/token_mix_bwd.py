@@ -1,0 +1,344 @@
+"""Backward of the fused token-mixing sub-block (the MLP contracts the token axis S of each sample).
+
+Forward per sample b (y = LN(x[b]) is [S, C], cast to W; s = branch_scale[b] or 1):
+    a = W1 y + b1[:, None]   [Dt, C];   h = GELU(a);   out[b] = x[b] + s * (W2 h + b2[:, None])   [S, C]
+Backward (do = s * dout[b], [S, C]):
+    dh = W2^T do;  da = dh * GELU'(a);  dy = W1^T da                       (per sample, [Dt, C] / [S, C])
+    dW2 = sum_b do h^T [S, Dt];  dW1 = sum_b da y^T [Dt, S];  db2 = sum_{b,c} do;  db1 = sum_{b,c} da
+    then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd.
+
+Launches (token_mix_bwd): 5 Triton + host sums of fp32 partials; no cuBLAS and no transposed copy of x.
+  1. channel_mix_bwd._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
+     (only when dout is not already that), and fp32 row sums of do (db2 = their sum over b on the host).
+  2. _token_bwd_kernel: one program per (b, C-tile), like the forward: keeps the [S, BLOCK_C] strips of y and do in
+     registers, loops over Dt in chunks, recomputes a = W1[chunk] y (+ b1), applies GELU'(a) in the epilogue of the
+     dh = W2[:, chunk]^T do GEMM, stores h and da ([B, Dt, C] in W, for the weight gradients) and accumulates
+     dy += W1[chunk]^T da in fp32; dy [B, S, C] fp32 is written once at the end.
+  3. _wgrad_kernel x2: dW2 = sum_{b,c} do[b,s,c] h[b,d,c] and dW1 (+ db1 as row sums of da) = sum_{b,c} da[b,d,c]
+     y[b,s,c]. The contraction runs over (b, c), which is not one strided axis of any [B, S, C] / [B, Dt, C] layout, so
+     cuBLAS would need transposed copies (or B launches); this kernel indexes the layout directly. Split-K over b:
+     each split writes an fp32 partial [SPLIT, P, Q], summed on the host (SPLIT depends on shapes only).
+  4. channel_mix_bwd._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
+Per-program partials of the weight gradients inside kernel 2 would cost [B*C/BLOCK_C, S, Dt] fp32 (hundreds of MB at
+B/16 shapes), which is why the weight gradients get their own kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastmixer.kernels._common import dot_precision, pick_configs
+from fastmixer.kernels.channel_mix_bwd import (
+    _TL,
+    SPEC_DTYPES,
+    SPEC_SHAPES,
+    _dot,
+    _f32_dot_needed,
+    _gelu_and_grad,
+    check_bwd_args,
+    ln_backward,
+    ln_prep,
+)
+
+# Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes.
+_WGRAD_TARGET_PROGRAMS = 264
+
+
+def _token_configs(fp32: bool) -> list[triton.Config]:
+    """First = conservative (the interpreter runs only it). The [S_PAD, BLOCK_C] strips of y, do and dy stay resident
+    across the Dt loop: on sm_80 (mma.sync keeps dot operands in registers) 4 warps spill, hence 8 warps and one
+    stage throughout; fp32 operands double the footprint and only (32, 16) builds spill-free on both sm_80 and sm_90."""
+    if fp32:
+        return [triton.Config({"BLOCK_C": 32, "BLOCK_D": 16}, num_warps=8, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_C": 16, "BLOCK_D": 16}, num_warps=8, num_stages=1),
+        triton.Config({"BLOCK_C": 32, "BLOCK_D": 16}, num_warps=8, num_stages=1),
+        triton.Config({"BLOCK_C": 16, "BLOCK_D": 32}, num_warps=8, num_stages=1),
+        triton.Config({"BLOCK_C": 32, "BLOCK_D": 32}, num_warps=8, num_stages=1),
+    ]
+
+
+@triton.jit
+def _token_bwd_kernel(
+    Y,  # [B, S, C] LN(x) in W
+    DO,  # [B, S, C] s * dout in W
+    W1,  # [D, S] fc1 weight
+    B1,  # [D] fc1 bias
+    W2,  # [S, D] fc2 weight
+    H,  # out [B, D, C] GELU(a) in W
+    DA,  # out [B, D, C] dh * GELU'(a) in W
+    DY,  # out [B, S, C] fp32 gradient of LN(x)
+    S,
+    C,
+    D,
+    S_PAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)  # flattened (b, C-tile): B can exceed the 65535 limit of grid axes 1/2
+    num_c = tl.cdiv(C, BLOCK_C)
+    b = pid // num_c
+    rs = tl.arange(0, S_PAD)
+    rc = (pid % num_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rd = tl.arange(0, BLOCK_D)
+    smask = rs < S
+    cmask = rc < C
+    strip = smask[:, None] & cmask[None, :]
+    base_sc = b.to(tl.int64) * S * C
+    base_dc = b.to(tl.int64) * D * C
+    y = tl.load(Y + base_sc + rs[:, None] * C + rc[None, :], mask=strip, other=0.0)  # [S_PAD, BC]
+    do = tl.load(DO + base_sc + rs[:, None] * C + rc[None, :], mask=strip, other=0.0)  # [S_PAD, BC]
+    dy = tl.zeros([S_PAD, BLOCK_C], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + rd
+        dmask = d < D
+        wmask = dmask[:, None] & smask[None, :]
+        w1 = tl.load(W1 + d[:, None] * S + rs[None, :], mask=wmask, other=0.0)  # [BD, S_PAD] = W1[d, s]
+        w2t = tl.load(W2 + rs[None, :] * D + d[:, None], mask=wmask, other=0.0)  # [BD, S_PAD] = W2[s, d]^T
+        a = _dot(w1, y, DOT_F32, PRECISION)  # [BD, BC] fp32
+        a += tl.load(B1 + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
+        h, dgelu = _gelu_and_grad(a)
+        da = _dot(w2t, do, DOT_F32, PRECISION) * dgelu  # GELU backward in the dh epilogue
+        da_w = da.to(DA.dtype.element_ty)  # rounded once: stored for dW1/db1 and fed to dy, as torch does
+        omask = dmask[:, None] & cmask[None, :]
+        off = base_dc + d[:, None] * C + rc[None, :]
+        tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
+        tl.store(DA + off, da_w, mask=omask)
+        dy += _dot(tl.trans(w1), da_w, DOT_F32, PRECISION)  # [S_PAD, BD] @ [BD, BC]
+    tl.store(DY + base_sc + rs[:, None] * C + rc[None, :], dy, mask=strip)
+
+
+_token_bwd = {
+    fp32: triton.autotune(configs=pick_configs(_token_configs(fp32)), key=["S", "C", "D"])(_token_bwd_kernel)
+    for fp32 in (False, True)
+}
+
+
+def _wgrad_configs() -> list[triton.Config]:
+    # 4-warp tiles larger than 64x64 (or BLOCK_K=64) spill on sm_90; the big tiles take 8 warps.
+    return [
+        triton.Config({"BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_P": 128, "BLOCK_Q": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_P": 128, "BLOCK_Q": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_P": 64, "BLOCK_Q": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    ]
+
+
+@triton.jit
+def _wgrad_kernel(
+    A,  # [B, P, K] in W (K fastest)
+    BM,  # [B, Q, K] in W
+    OUT,  # out [SPLIT, P, Q] fp32 partials of sum_{b in split, k} A[b, p, k] * BM[b, q, k]
+    ROWSUM,  # out [SPLIT, P] fp32 partials of sum_{b in split, k} A[b, p, k], if HAS_ROWSUM
+    NB,
+    P,
+    Q,
+    K,
+    b_per_split,
+    BLOCK_P: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_ROWSUM: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    split = tl.program_id(2)
+    rp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    rk = tl.arange(0, BLOCK_K)
+    pmask = rp < P
+    qmask = rq < Q
+    # Out-of-range rows/cols read row 0 instead of being masked (only K needs a mask); they are never stored.
+    rpc = tl.where(pmask, rp, 0)
+    rqc = tl.where(qmask, rq, 0)
+    acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
+    rsum = tl.zeros([BLOCK_P], dtype=tl.float32)
+    b_start = split * b_per_split
+    n_b = tl.minimum(b_start + b_per_split, NB) - b_start
+    num_k = tl.cdiv(K, BLOCK_K)
+    a0 = A + b_start.to(tl.int64) * P * K
+    bm0 = BM + b_start.to(tl.int64) * Q * K
+    # One flat loop over (sample, K-tile): the software pipeliner handles it far better than two nested loops.
+    for it in range(0, n_b * num_k):
+        bb = (it // num_k).to(tl.int64)
+        k = (it % num_k) * BLOCK_K + rk
+        kmask = k < K
+        a = tl.load(a0 + bb * P * K + (rpc[:, None] * K + k[None, :]), mask=kmask[None, :], other=0.0)  # [BP, BK]
+        bt = tl.load(bm0 + bb * Q * K + (rqc[None, :] * K + k[:, None]), mask=kmask[:, None], other=0.0)  # [BK, BQ]
+        acc += _dot(a, bt, DOT_F32, PRECISION)
+        if HAS_ROWSUM:
+            rsum += tl.sum(a.to(tl.float32), axis=1)
+    out = OUT + split.to(tl.int64) * P * Q
+    tl.store(out + rp[:, None] * Q + rq[None, :], acc, mask=pmask[:, None] & qmask[None, :])
+    if HAS_ROWSUM:
+        tl.store(ROWSUM + split.to(tl.int64) * P + rp, rsum, mask=pmask & (pid_q == 0))
+
+
+_wgrad = triton.autotune(configs=pick_configs(_wgrad_configs()), key=["NB", "P", "Q", "K"])(_wgrad_kernel)
+
+
+def _wgrad_split(nb: int, p: int, q: int) -> int:
+    """Splits of the batch loop: enough programs to fill the GPU at 64x64 tiles; a function of the shapes only."""
+    tiles = triton.cdiv(p, 64) * triton.cdiv(q, 64)
+    return max(1, min(nb, triton.cdiv(_WGRAD_TARGET_PROGRAMS, tiles)))
+
+
+def _wgrad_launch(a: Tensor, bm: Tensor, *, rowsum: bool, allow_tf32: bool) -> tuple[Tensor, Tensor | None]:
+    """a [B, P, K], bm [B, Q, K] (same W dtype) -> (sum_{b,k} a bm^T [P, Q] fp32, sum_{b,k} a [P] fp32 or None)."""
+    nb, p, k = a.shape
+    q = bm.shape[1]
+    split = _wgrad_split(nb, p, q)
+    b_per_split = triton.cdiv(nb, split)
+    split = triton.cdiv(nb, b_per_split)  # no empty splits
+    out = torch.empty((split, p, q), device=a.device, dtype=torch.float32)
+    rs = torch.empty((split, p), device=a.device, dtype=torch.float32) if rowsum else None
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(q, meta["BLOCK_Q"]), split)
+    _wgrad[grid](
+        a,
+        bm,
+        out,
+        rs if rowsum else out,
+        nb,
+        p,
+        q,
+        k,
+        b_per_split,
+        HAS_ROWSUM=rowsum,
+        DOT_F32=_f32_dot_needed(a.dtype),
+        PRECISION=dot_precision(allow_tf32, a.dtype),
+    )
+    return out.sum(dim=0), (rs.sum(dim=0) if rowsum else None)
+
+
+def token_mix_bwd(
+    dout: Tensor,
+    x: Tensor,
+    ln_weight: Tensor,
+    ln_bias: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    branch_scale: Tensor | None,
+    *,
+    eps: float,
+    allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of token_mix: dout, x [B, S, C]; fc1_weight [Dt, S]; fc2_weight [S, Dt]; branch_scale [B] or None
+    -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
+    check_bwd_args(
+        "token_mix_bwd", dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, 1
+    )
+    dout = dout.contiguous()
+    B, S, C = x.shape
+    D = fc1_weight.shape[0]
+    w_dtype = fc1_weight.dtype
+    y, do, mean, rstd, _, do_rowsum = ln_prep(
+        x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=False, row_sum=True
+    )
+    h = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
+    da = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
+    dy = torch.empty((B, S, C), device=x.device, dtype=torch.float32)
+    grid = lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)
+    _token_bwd[w_dtype == torch.float32][grid](
+        y,
+        do,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        h,
+        da,
+        dy,
+        S,
+        C,
+        D,
+        S_PAD=max(16, triton.next_power_of_2(S)),
+        DOT_F32=_f32_dot_needed(w_dtype),
+        PRECISION=dot_precision(allow_tf32, w_dtype),
+    )
+    dw2, _ = _wgrad_launch(do, h, rowsum=False, allow_tf32=allow_tf32)  # [S, Dt]
+    dw1, db1 = _wgrad_launch(da, y, rowsum=True, allow_tf32=allow_tf32)  # [Dt, S], [Dt]
+    dx, dg, dbeta = ln_backward(x, dy, dout, ln_weight, mean, rstd)
+    return (
+        dx,
+        dg.to(ln_weight.dtype),
+        dbeta.to(ln_bias.dtype),
+        dw1.to(fc1_weight.dtype),
+        db1.to(fc1_bias.dtype),
+        dw2.to(fc2_weight.dtype),
+        do_rowsum.view(B, S).sum(dim=0).to(fc2_bias.dtype),
+    )
+
+
+def gpu_build_specs() -> list[dict]:
+    """One dict per (kernel, config, dtype) for the ahead-of-time sm_90/sm_80 build tests. S_PAD of the main kernel is
+    the only shape-dependent constexpr (256 for B/16, L/16 (S=196) and H/14 (S=256)); the wgrad kernel has none."""
+    specs = []
+    for tag, dtype in SPEC_DTYPES.items():
+        w = "*" + _TL[dtype]
+        precision = dot_precision(True, dtype)
+        for s_pad in sorted({max(16, triton.next_power_of_2(s)) for _, s, _, _, _ in SPEC_SHAPES}):
+            variants = "/".join(v for v, s, _, _, _ in SPEC_SHAPES if triton.next_power_of_2(s) == s_pad)
+            for i, cfg in enumerate(_token_configs(dtype == torch.float32)):
+                specs.append(
+                    dict(
+                        name=f"token_mix_bwd.main[{tag},{variants},cfg{i}]",
+                        fn=_token_bwd_kernel,
+                        signature={
+                            "Y": w,
+                            "DO": w,
+                            "W1": w,
+                            "B1": w,
+                            "W2": w,
+                            "H": w,
+                            "DA": w,
+                            "DY": "*fp32",
+                            "S": "i32",
+                            "C": "i32",
+                            "D": "i32",
+                            "S_PAD": "constexpr",
+                            "BLOCK_C": "constexpr",
+                            "BLOCK_D": "constexpr",
+                            "DOT_F32": "constexpr",
+                            "PRECISION": "constexpr",
+                        },
+                        constexprs=dict(S_PAD=s_pad, DOT_F32=False, PRECISION=precision, **cfg.kwargs),
+                        num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages,
+                    )
+                )
+        for i, cfg in enumerate(_wgrad_configs()):
+            specs.append(
+                dict(
+                    name=f"token_mix_bwd.wgrad[{tag},cfg{i}]",
+                    fn=_wgrad_kernel,
+                    signature={
+                        "A": w,
+                        "BM": w,
+                        "OUT": "*fp32",
+                        "ROWSUM": "*fp32",
+                        "NB": "i32",
+                        "P": "i32",
+                        "Q": "i32",
+                        "K": "i32",
+                        "b_per_split": "i32",
+                        "BLOCK_P": "constexpr",
+                        "BLOCK_Q": "constexpr",
+                        "BLOCK_K": "constexpr",
+                        "HAS_ROWSUM": "constexpr",
+                        "DOT_F32": "constexpr",
+                        "PRECISION": "constexpr",
+                    },
+                    constexprs=dict(HAS_ROWSUM=True, DOT_F32=False, PRECISION=precision, **cfg.kwargs),
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
+            )
+    return specs
