@@ -345,6 +345,7 @@ def _mix(
             t.to(mm_dtype) for t in (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
         )
     op = torch.ops.fastmixer.token_mix if kind == "token" else torch.ops.fastmixer.channel_mix
+    x = x.contiguous()  # the stem's output is a transposed view; the kernels (and the saved input) need [B, S, C] dense
     with torch.autocast(x.device.type, enabled=False):
         return op(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, _allow_tf32())
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU report in one command (see /work/shared/GPU.md and bench/README.md):
+#   bash bench/gpu_report.sh OUT_DIR        (on the device machine: bash bench/gpu_report.sh "$OUT")
+# On a CUDA machine with torch, triton, timm, pytest, pytest-benchmark, numpy, safetensors and no package registry:
+# runs the test suite on compiled kernels, then the benchmarks (B/16 and L/16, bf16, batch 256 and 64, inference and a
+# training step; ops at B/16 shapes), and writes at most 8 files into OUT_DIR. Each step has its own timeout so the
+# whole run stays within ~9 minutes; the benchmark JSON/Markdown are rewritten after every case, so a step cut short by
+# its timeout still leaves the rows measured so far.
+set -u
+OUT=${1:?usage: bash bench/gpu_report.sh OUT_DIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+unset TRITON_INTERPRET FASTMIXER_BACKEND
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fastmixer-inductor}
+T0=$(date +%s)
+step() { echo "== $1 ($(( $(date +%s) - T0 )) s elapsed)" | tee -a "$OUT/env.txt"; }
+
+# 0. the machine (file 1: env.txt)
+step "environment"
+{ nvidia-smi; "$PY" -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
+'timm', timm.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } >>"$OUT/env.txt" 2>&1
+
+# 1. correctness on compiled kernels (file 2: tests.log), <= 200 s
+step "tests (compiled kernels)"
+timeout -k 10 200 "$PY" -m pytest -q -p no:cacheprovider -ra --durations=15 tests >"$OUT/tests.log" 2>&1
+echo "pytest exit code: $? (124 = timed out)" >>"$OUT/tests.log"
+
+# 2. model level through the CLI (files 3-5: report.json, report.md, bench.log; report.png if matplotlib is there),
+#    <= 260 s: B/16 and L/16, bf16, batch 256 then 64, all providers; counts (no GPU needed) first.
+step "model benchmarks"
+timeout -k 10 260 "$PY" -m fastmixer bench --models b16,l16 --ops none --batch 256,64 --dtype bf16 \
+  --modes inference,training --count --time-budget 200 --out "$OUT" --name report >"$OUT/bench.log" 2>&1
+echo "bench exit code: $? (124 = timed out)" >>"$OUT/bench.log"
+
+# 3. op level through pytest-benchmark (files 6-7: pytest_bench.json, pytest_bench.log), what is left of ~9 min
+step "op benchmarks (pytest bench/test_ops.py)"
+LEFT=$(( 530 - ($(date +%s) - T0) ))
+if [ "$LEFT" -gt 30 ]; then
+  FASTMIXER_BENCH_BATCH=256 FASTMIXER_BENCH_DTYPE=bf16 timeout -k 10 "$LEFT" "$PY" -m pytest -q -p no:cacheprovider \
+    bench/test_ops.py --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,mean,rounds \
+    >"$OUT/pytest_bench.log" 2>&1
+  echo "pytest bench exit code: $? (124 = timed out)" >>"$OUT/pytest_bench.log"
+else
+  echo "skipped: no time left" >"$OUT/pytest_bench.log"
+fi
+step "done"
+ls -la "$OUT" >>"$OUT/env.txt"

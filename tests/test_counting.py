@@ -1,0 +1,132 @@
+"""Counting without a GPU (fastmixer.counting): aten-op and Triton-launch bytes against hand formulas, timm's per-block
+kernels as a dispatch mode sees them, fastmixer's launch budget, dry-run = executed counts, batch extrapolation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
+
+import fastmixer
+from fastmixer import counting
+
+TINY = dict(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=24)  # S = 16 tokens, C = 24
+
+
+def test_distinct_bytes_counts_expanded_dims_once():
+    x = torch.randn(3, 1, 5).expand(3, 7, 5)
+    assert counting.distinct_bytes(x) == 3 * 5 * 4
+    assert counting.distinct_bytes(torch.randn(2, 3, dtype=torch.bfloat16)) == 12
+
+
+def test_aten_op_bytes_and_flops_equal_formulas():
+    x, w, b = torch.randn(4, 7, 12), torch.randn(12), torch.randn(12)
+    a, m = torch.randn(10, 6), torch.randn(6, 9)
+    with counting.KernelCounter() as counter:
+        F.layer_norm(x, (12,), w, b)
+        torch.addmm(torch.randn(9), a, m)
+        x.view(28, 12).t()  # views: no kernel
+    ln, mm = counter.kernels[0], counter.kernels[-1]
+    # native_layer_norm reads x, w, b and writes out, mean [4, 7, 1], rstd [4, 7, 1]
+    assert ln.name == "aten.native_layer_norm"
+    assert ln.bytes == 4 * (336 + 12 + 12 + 336 + 28 + 28) and ln.flops == 0
+    # randn is a kernel too (it writes the bias); addmm reads bias, a, m and writes [10, 9]
+    assert [k.name for k in counter.kernels] == ["aten.native_layer_norm", "aten.randn", "aten.addmm"]
+    assert mm.bytes == 4 * (9 + 60 + 54 + 90) and mm.flops == 2 * 10 * 9 * 6
+
+
+def test_timm_block_kernels_as_dispatch_mode_sees_them():
+    model = TimmMlpMixer(**TINY)
+    kernels = counting.count_kernels(model, torch.randn(2, 3, 32, 32), backward=False)
+    block = [k.name for k in kernels if k.block == 0]
+    # token mixing: LN, copy of the transposed [B, C, S] input, GEMM, bias add, GELU, GEMM+bias, residual add;
+    # channel mixing: LN, GEMM+bias, GELU, GEMM+bias, residual add
+    assert block == [
+        "aten.native_layer_norm",
+        "aten.clone",
+        "aten.mm",
+        "aten.add",
+        "aten.gelu",
+        "aten.addmm",
+        "aten.add",
+        "aten.native_layer_norm",
+        "aten.addmm",
+        "aten.gelu",
+        "aten.addmm",
+        "aten.add",
+    ]
+    assert [k.block for k in kernels].count(1) == 12
+
+
+@pytest.fixture
+def tiny_pair():
+    ours = fastmixer.MlpMixer(**TINY)
+    theirs = TimmMlpMixer(**TINY)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def test_fastmixer_forward_launch_budget_and_bytes(tiny_pair, triton_backend):
+    ours, theirs = tiny_pair
+    x = torch.randn(2, 3, 32, 32)
+    fm = counting.count_kernels(ours, x, backward=False)
+    with fastmixer.use_backend("reference"):
+        tm = counting.count_kernels(theirs, x, backward=False)
+    per_block = [k for k in fm if k.block == 0]
+    assert all(k.source == "triton" for k in per_block)
+    assert 2 <= len(per_block) <= 4, [k.name for k in per_block]  # the fused budget (timm: 12)
+    assert sum(k.bytes for k in fm) < sum(k.bytes for k in tm)
+    # FLOPs: the fused GEMMs are all attributed, so both models do the same GEMM work
+    assert sum(k.flops for k in fm) == sum(k.flops for k in tm)
+    # the final LayerNorm + mean is one launch reading x [2, 16, 24], ln weight/bias [24] and writing [2, 24]
+    pool = [k for k in fm if k.op == "norm_pool"]
+    assert len(pool) == 1 and pool[0].bytes == 4 * (2 * 16 * 24 + 2 * 24 + 2 * 24)
+
+
+def test_launch_names_match_launches_module(tiny_pair, triton_backend):
+    launches = pytest.importorskip("fastmixer.launches", reason="fastmixer/launches.py not present")
+    ours, _ = tiny_pair
+    x = torch.randn(2, 3, 32, 32)
+    fm = counting.count_kernels(ours.eval(), x, backward=False)
+    with torch.no_grad():
+        _, names = launches.count_launches(ours, x)
+    assert [k.name for k in fm if k.source == "triton"] == names
+
+
+def test_dry_run_counts_equal_executed_counts(tiny_pair, triton_backend):
+    ours, _ = tiny_pair
+    x = torch.randn(3, 3, 32, 32)
+    real = counting.count_kernels(ours, x)
+    dry = counting.count_kernels(ours, x, execute=False)
+    assert [(k.name, k.phase, k.bytes, k.flops) for k in real] == [(k.name, k.phase, k.bytes, k.flops) for k in dry]
+    assert any(k.phase == "backward" for k in real)
+
+
+def test_batch_extrapolation_is_exact(tiny_pair):
+    _, theirs = tiny_pair
+    k2, k3, k5 = (counting.count_kernels(theirs, torch.randn(b, 3, 32, 32), execute=False) for b in (2, 3, 5))
+    assert counting._extrapolate(k2, k3, 5) == k5
+
+
+def test_roofline_model_formula():
+    ks = [
+        counting.Kernel("gemm", "aten", "forward", bytes=10**6, flops=989 * 10**9),  # compute-bound: 1 ms
+        counting.Kernel("ln", "aten", "forward", bytes=335 * 10**7, flops=0),  # memory-bound: 1 ms
+    ]
+    assert counting.roofline_us(ks, torch.bfloat16) == pytest.approx(2000 + 2 * counting.H100_SXM.launch_us)
+    s = counting.summarize(ks, "bfloat16")["forward"]
+    assert s["launches"] == 2 and s["gflops"] == 989
+
+
+def test_count_variant_b16_fastmixer_beats_timm(triton_backend):
+    # two of the twelve B/16 blocks, at real B/16 block shapes, dry (nothing executes): fast on CPU
+    r = counting.count_variant("b16", batch=64, num_blocks=2, backward=False)
+    fm, tm = r["fastmixer"]["forward"], r["timm eager"]["forward"]
+    assert fm["launches_per_block"] <= 4 and tm["launches_per_block"] == 12
+    assert fm["gbytes"] < 0.6 * tm["gbytes"] and fm["model_us"] < tm["model_us"]
+    # GEMM FLOPs per image: blocks 2*(2*S*C*Dt) + 2*(2*S*C*Dc), plus the stem and head GEMMs
+    S, C = 196, 768
+    per_image = 2 * (2 * (2 * S * C * C // 2) + 2 * (2 * S * C * 4 * C)) + 2 * S * C * 768 + 2 * C * 1000
+    assert fm["gflops"] == pytest.approx(64 * per_image / 1e9, rel=1e-9)
+    with pytest.raises(ValueError, match="batch"):
+        counting.count_variant("b16", batch=0)
+    assert "roofline MODEL" in counting.format_counts(r)
