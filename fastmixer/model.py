@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
+from timm.models._manipulate import checkpoint_seq
 from timm.models.mlp_mixer import MixerBlock as _TimmMixerBlock
 from timm.models.mlp_mixer import MlpMixer as _TimmMlpMixer
 from torch import Tensor
@@ -129,10 +130,19 @@ class MlpMixer(_TimmMlpMixer):
         if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"input is {x.dtype} but the model is {w.dtype}; use x.to({w.dtype}) or torch.autocast")
 
+    def _tokens(self, x: Tensor) -> Tensor:
+        """Stem + blocks: images -> block output tokens [B, S, C] (dense; before the final norm)."""
+        self.check_input(x)
+        # PatchEmbed returns a transposed view ([B, S, C] with C strided by S); the fused ops read dense [B, S, C], so
+        # it is made contiguous once here rather than inside the first block.
+        x = self.stem(x).contiguous()
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images [B, in_chans, H, W] -> final-normalised tokens [B, S, C]."""
-        self.check_input(x)
-        return super().forward_features(x)
+        return self.norm(self._tokens(x))
 
     def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any):
         self.check_input(x)
@@ -145,14 +155,7 @@ class MlpMixer(_TimmMlpMixer):
         """
         if self.global_pool != "avg" or not isinstance(self.norm, nn.LayerNorm):
             return super().forward(x)
-        self.check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
-
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
+        x = self._tokens(x)  # [B, S, C]
         x = ops.norm_pool(x, self.norm.weight, self.norm.bias, eps=self.norm.eps)  # [B, C]
         x = self.head_drop(x)
         return self.head(x)
