@@ -14,7 +14,7 @@ This is timm's `fc2(GELU(fc1(LN(x).transpose(1, 2)))).transpose(1, 2)`, transpos
 the matmul inputs (LN output and GELU output in W); everything else stays fp32 until the single store.
 
 Two launches per call:
-  1. `_token_stats_kernel`: per-token fp32 mean/rstd over C (one read of x, chunked Welford/Chan merge: stable, never
+  1. `_token_stats_kernel`: per-token fp32 mean/rstd over C (one read of x, _common.ln_row_stats: lane Welford, never
      E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
   2. `_token_mix_fwd_kernel`: grid (B * cdiv(C, BLOCK_C),) on axis 0 (thousands of images stay inside CUDA limits;
      the c-tiles of one image are neighbours, so its x slab and the weights stay in L2). Program (b, c-tile) normalises
@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_erf, pick_configs
+from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_erf, ln_row_stats, pick_configs
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _STATS_BLOCK_R = 8  # token rows per stats program
@@ -69,23 +69,7 @@ def _token_stats_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
     rmask = rows < N_ROWS
-    x_rows = X + rows.to(tl.int64)[:, None] * C  # [BLOCK_R, 1] row starts (B*S*C may exceed 2^31)
-    mean = tl.zeros([BLOCK_R], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_R], dtype=tl.float32)
-    # Chan's merge of chunk (mean_k, M2_k, n_k) into the running (mean, M2, n = k0): one read of x, stable.
-    for k0 in range(0, C, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        mask = rmask[:, None] & (cols < C)[None, :]
-        xk = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)  # [BLOCK_R, BLOCK_K]
-        n_new = tl.minimum(C, k0 + BLOCK_K).to(tl.float32)  # channels seen after this chunk
-        n_k = tl.minimum(C - k0, BLOCK_K).to(tl.float32)
-        n_old = n_new - n_k
-        mean_k = tl.sum(xk, axis=1) / n_k
-        dk = tl.where(mask, xk - mean_k[:, None], 0.0)
-        delta = mean_k - mean
-        mean = mean + delta * (n_k / n_new)
-        m2 = m2 + tl.sum(dk * dk, axis=1) + delta * delta * (n_old * n_k / n_new)
-    rstd = 1.0 / tl.sqrt(m2 / C + eps)
+    mean, rstd = ln_row_stats(X + rows.to(tl.int64) * C, rmask, C, eps, BLOCK_R, BLOCK_K)  # B*S*C may pass 2^31
     tl.store(STATS + rows, mean, mask=rmask)
     tl.store(STATS + N_ROWS + rows, rstd, mask=rmask)
 

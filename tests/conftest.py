@@ -4,6 +4,10 @@ triton is first imported: hence this block sits above every other import (torch 
 import os
 import sys
 
+# The interpreter runs tl.dot through numpy: multithreaded OpenBLAS on an oversubscribed 2-core machine made one
+# 128x64x128 matmul ~70x slower. Must be set before numpy/torch load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import torch
 
 HAS_CUDA = torch.cuda.is_available()

@@ -1,0 +1,245 @@
+"""Fused channel-mixing forward (kernels/channel_mix.py) against fastmixer.reference.channel_mix_ref.
+
+Runs the compiled kernels on a GPU, else the Triton interpreter on CPU (tests/conftest.py), at tiny awkward shapes:
+S = 36/49, C = 40/72/100 (not powers of two, K tails masked), odd Dc, batch 1 and 3, plus one call at Mixer-B/16 size.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+import triton
+
+import fastmixer
+from fastmixer import ops
+from fastmixer.kernels import channel_mix as cm
+from fastmixer.reference import channel_mix_ref
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+EPS = 1e-6
+# fp32 bound: operands are the same fp32 values, so only the summation order differs (K <= 3072, |out| ~ 1-10).
+FP32_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make_inputs(
+    B: int, S: int, C: int, Dc: int, *, x_shift: float = 0.0, tiny_tokens: bool = True, seed: int = 0
+) -> list[torch.Tensor]:
+    """(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias) in fp32 on DEVICE. x = x_shift + 2 * noise;
+    with tiny_tokens every 7th token has std 2e-3 instead, so its LayerNorm variance is comparable to eps (a lost or
+    wrong eps shows)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    noise = randn(B, S, C)
+    if tiny_tokens:
+        noise[:, ::7] *= 1e-3
+    x = x_shift + 2 * noise
+    params = [
+        1 + 0.1 * randn(C),
+        0.1 * randn(C),
+        randn(Dc, C) / math.sqrt(C),
+        0.1 * randn(Dc),
+        randn(C, Dc) / math.sqrt(Dc),
+        0.1 * randn(C),
+    ]
+    return [t.to(DEVICE) for t in (x, *params)]
+
+
+def branch_scale(B: int) -> torch.Tensor:
+    # per-sample drop-path factors: kept samples scaled by 1/keep_prob, dropped ones 0
+    return torch.tensor([1.25, 0.0, 0.8] * B, device=DEVICE)[:B]
+
+
+def run(args, s=None, allow_tf32=False):
+    return cm.channel_mix_fwd(*args, s, eps=EPS, allow_tf32=allow_tf32)
+
+
+@pytest.mark.parametrize(
+    "B,S,C,Dc,scaled",
+    [
+        (1, 36, 40, 75, False),
+        (1, 36, 40, 75, True),
+        (3, 49, 72, 150, True),
+        (3, 49, 100, 203, False),
+        (23, 49, 40, 150, True),  # M = 1127: 9 row tiles of 128, a full GROUP_M = 8 group plus a partial one
+    ],
+)
+def test_fp32_matches_reference(B, S, C, Dc, scaled):
+    args = make_inputs(B, S, C, Dc)
+    s = branch_scale(B) if scaled else None
+    out = run(args, s)
+    ref = channel_mix_ref(*args, eps=EPS, branch_scale=s)
+    assert out.shape == (B, S, C) and out.dtype == torch.float32 and out.is_contiguous()
+    assert (ref - args[0]).abs().max() > 0.1  # the MLP branch is not negligible
+    torch.testing.assert_close(out, ref, **FP32_TOL)
+
+
+def test_fp32_layernorm_stats_stable_under_offset():
+    """x = 300 + 2 * noise: E[x^2] - E[x]^2 in fp32 would carry an error ~ 9e4 * 2^-24 ~ 5e-3 on a variance of 4
+    (1e-3 relative on the output); the in-kernel Welford statistics stay within the fp32 reference's own error."""
+    args = make_inputs(3, 49, 100, 75, x_shift=300.0, tiny_tokens=False)
+    out = run(args)
+    ref = channel_mix_ref(*args, eps=EPS)
+    # the residual (~300) dominates |out|: compare the branch out - x, whose scale is ~1
+    torch.testing.assert_close(out - args[0], ref - args[0], rtol=1e-4, atol=1e-4)
+
+
+def _three_way(out, ref32, ref_same_dtype, atol):
+    """err(ours vs fp32 reference) <= 2 * err(torch in the same dtype vs fp32 reference) + atol."""
+    err = (out.float() - ref32).abs().max().item()
+    err_torch = (ref_same_dtype.float() - ref32).abs().max().item()
+    assert err_torch > 0, "the same-dtype torch run must differ from fp32, or the rule compares nothing"
+    assert err <= 2 * err_torch + atol, f"err {err:.3g} vs torch-same-dtype err {err_torch:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,S,C,Dc", [(1, 36, 40, 75), (3, 49, 100, 203)])
+def test_low_precision_three_way(dtype, B, S, C, Dc):
+    """fp16/bf16 model (x and every parameter in `dtype`) by the three-way rule. The fp32 reference runs on the same
+    rounded values upcast to fp32; "torch same dtype" is channel_mix_ref on the `dtype` tensors.
+
+    bf16 under the Triton interpreter: tl.dot on bf16 operands is wrong there (triton issue 11584), so the launcher sets
+    DOT_F32, which upcasts the already bf16-rounded dot operands (the LN output and GELU output after their casts to
+    bf16, and the weights) to fp32 right before tl.dot. That is numerically what the GPU's bf16 MMA does (exact
+    products of bf16 values, fp32 accumulation), so this test still covers the bf16 loads, the stores, the casts and
+    every rounding point; only the MMA instruction itself is not exercised off-GPU (on GPU DOT_F32 is off).
+    """
+    args = [t.to(dtype) for t in make_inputs(B, S, C, Dc)]
+    s = branch_scale(B)
+    out = run(args, s)
+    assert out.dtype == dtype and out.shape == (B, S, C)
+    ref32 = channel_mix_ref(*(t.float() for t in args), eps=EPS, branch_scale=s)
+    _three_way(out, ref32, channel_mix_ref(*args, eps=EPS, branch_scale=s), atol=1e-4)
+
+
+@pytest.mark.parametrize("w_dtype", [torch.float16, torch.bfloat16])
+def test_mixed_fp32_x_low_precision_weights(w_dtype):
+    """The autocast case: fp32 residual stream and LN parameters, fc weights/biases in fp16/bf16. Output is fp32;
+    torch-same-dtype is channel_mix_ref on those tensors (LN in fp32, cast to W, GEMMs + GELU in W, fp32 residual)."""
+    B, S, C, Dc = 3, 49, 72, 150
+    x, ln_w, ln_b, *fc = make_inputs(B, S, C, Dc)
+    fc = [t.to(w_dtype) for t in fc]
+    s = branch_scale(B)
+    out = run([x, ln_w, ln_b, *fc], s)
+    assert out.dtype == torch.float32
+    ref32 = channel_mix_ref(x, ln_w, ln_b, *(t.float() for t in fc), eps=EPS, branch_scale=s)
+    _three_way(out, ref32, channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS, branch_scale=s), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ through fastmixer.ops
+def _public(args, **kwargs):
+    x, ln_w, ln_b, w1, b1, w2, b2 = args
+    return ops.channel_mix(x, ln_w, ln_b, w1, b1, w2, b2, **kwargs)
+
+
+def test_public_op_noncontiguous_matches_reference_backend(triton_backend):
+    B, S, C, Dc = 3, 36, 72, 75
+    args = make_inputs(B, S, C, Dc)
+    x = args[0].transpose(0, 1).contiguous().transpose(0, 1)  # [B, S, C] view of an [S, B, C] buffer
+    assert not x.is_contiguous()
+    args[0] = x
+    s = branch_scale(B)
+    out = _public(args, eps=1e-5, branch_scale=s)
+    with fastmixer.use_backend("reference"):
+        ref = _public(args, eps=1e-5, branch_scale=s)
+    assert out.is_contiguous() and out.shape == (B, S, C)
+    torch.testing.assert_close(out, ref, **FP32_TOL)
+
+
+def test_public_op_autocast_bf16(triton_backend):
+    """Under autocast the op casts the fc weights to bf16 and keeps the fp32 residual: three-way rule against the
+    reference backend under the same autocast."""
+    args = make_inputs(3, 49, 40, 75)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        out = _public(args, eps=EPS)
+        with fastmixer.use_backend("reference"):
+            ref_autocast = _public(args, eps=EPS)
+    assert out.dtype == torch.float32
+    _three_way(out, channel_mix_ref(*args, eps=EPS), ref_autocast, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_b16_block_shape_fp32():
+    """One call at Mixer-B/16's channel MLP (S=196, C=768, Dc=3072): long K loops, full tiles, GELU on a real spread."""
+    args = make_inputs(1, 196, 768, 3072)
+    out = run(args)
+    torch.testing.assert_close(out, channel_mix_ref(*args, eps=EPS), **FP32_TOL)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_opcheck(scaled):
+    args = [t.detach().requires_grad_(True) for t in make_inputs(2, 9, 12, 20)]
+    s = branch_scale(2) if scaled else None
+    torch.library.opcheck(torch.ops.fastmixer.channel_mix, (*args, s, EPS, False))
+
+
+# ------------------------------------------------------------------------------------------------ launcher contract
+def test_launcher_rejects_what_it_relies_on():
+    x, ln_w, ln_b, w1, b1, w2, b2 = make_inputs(1, 36, 40, 75)
+    with pytest.raises(ValueError, match="contiguous"):
+        run([x.transpose(1, 2).contiguous().transpose(1, 2), ln_w, ln_b, w1, b1, w2, b2])
+    with pytest.raises(ValueError, match="fc2_weight"):
+        run([x, ln_w, ln_b, w1, b1, w2.t().contiguous(), b2])
+    with pytest.raises(TypeError, match="share one float dtype"):
+        run([x, ln_w, ln_b, w1, b1, w2.half(), b2])
+    with pytest.raises(ValueError, match="fc1_bias"):
+        run([x, ln_w, ln_b, w1, b1[:-1], w2, b2])
+    with pytest.raises(ValueError, match="branch_scale"):
+        run([x, ln_w, ln_b, w1, b1, w2, b2], torch.ones(2, device=DEVICE))
+
+
+def test_empty_batch_returns_empty():
+    args = make_inputs(1, 36, 40, 75)
+    args[0] = args[0][:0]
+    assert run(args).shape == (0, 36, 40)
+
+
+# ------------------------------------------------------------------------------------------------ configs and specs
+class _Arg:
+    def __init__(self, dtype):
+        self.size = torch.empty(0, dtype=dtype).element_size()
+
+    def element_size(self):
+        return self.size
+
+
+@pytest.mark.parametrize(
+    "w_dtype,precision,expected",
+    [
+        (torch.bfloat16, "ieee", cm._TC_CONFIGS),
+        (torch.float16, "ieee", cm._TC_CONFIGS),
+        (torch.float32, "ieee", cm._FMA_CONFIGS),  # FMA dots: the tensor-core tiles spill
+        (torch.float32, "tf32", [cm._TC_CONFIGS[0], cm._TC_CONFIGS[4]]),  # 4-byte tiles within the smem budget
+    ],
+)
+def test_early_prune_picks_the_configs_for_the_dot(w_dtype, precision, expected):
+    named = {"x_ptr": _Arg(w_dtype), "w1_ptr": _Arg(w_dtype), "h_ptr": _Arg(w_dtype), "w2_ptr": _Arg(w_dtype)}
+    for prune in (cm._prune_fc1, cm._prune_fc2):
+        kept = prune(cm._configs(), named, INPUT_PRECISION=precision, DOT_F32=False)
+        assert kept == expected
+        assert all(cm._smem_estimate(c, w_dtype.itemsize, w_dtype.itemsize) <= cm._SMEM_BUDGET for c in kept)
+
+
+def test_gpu_build_specs_are_complete():
+    specs = cm.gpu_build_specs()
+    names = [s["name"] for s in specs]
+    assert len(names) == len(set(names))
+    kernels = {cm._ln_fc1_gelu_kernel.fn, cm._fc2_residual_kernel.fn}
+    for spec in specs:
+        fn = spec["fn"]
+        # the function under the Autotuner: a JITFunction, or its InterpretedFunction stand-in under TRITON_INTERPRET
+        # (which triton.compile cannot take: the build test must run in a process without TRITON_INTERPRET)
+        assert fn in kernels
+        assert isinstance(fn, triton.JITFunction) or os.environ.get("TRITON_INTERPRET") == "1"
+        assert list(spec["signature"]) == fn.arg_names
+        const_args = {a for a, t in spec["signature"].items() if t == "constexpr"}
+        assert const_args == set(spec["constexprs"]), spec["name"]
+        assert {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "INPUT_PRECISION", "DOT_F32"} <= const_args
+        assert spec["constexprs"]["DOT_F32"] is False
+        assert spec["num_warps"] in (4, 8) and spec["num_stages"] >= 2
+    for tag in ("fp32", "fp32-tf32", "fp16", "bf16", "xfp32-wbf16"):
+        for kernel in ("ln_fc1_gelu", "fc2_residual"):
+            assert any(n.startswith(f"channel_mix.{kernel}[{tag},") for n in names), (kernel, tag)
