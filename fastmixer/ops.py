@@ -238,7 +238,8 @@ def _bwd_op(kind: str):
         allow_tf32: bool,
     ) -> list[Tensor]:
         # -> [dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias], each in its input's dtype
-        args = (dout.contiguous(), x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+        w1, w2 = fc1_weight.contiguous(), fc2_weight.contiguous()  # as the forward op; no-ops for nn.Linear weights
+        args = (dout.contiguous(), x.contiguous(), ln_weight, ln_bias, w1, fc1_bias, w2, fc2_bias, branch_scale)
         return list(_launch_bwd(kind, *args, eps=eps, allow_tf32=allow_tf32))
 
     op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=())
