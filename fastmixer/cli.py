@@ -1,8 +1,7 @@
 """`fastmixer` / `python -m fastmixer`: demo, predict, eval, info, bench.
 
 Each subcommand lives in its own module, which exposes `add_parser(subparsers)` registering its arguments and setting
-`func` (called with the parsed args; returns the exit code). Modules are imported only when listed here, so the CLI
-never imports bench/ (not installed).
+`func` (called with the parsed args; returns the exit code). The CLI never imports bench/ (not installed).
 """
 
 from __future__ import annotations
@@ -19,13 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmixer", description="MLP-Mixer with fused Triton kernels (timm drop-in)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"fastmixer.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"fastmixer.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"fastmixer.{name}").add_parser(sub)
     return parser
 
 

@@ -71,8 +71,8 @@ def norm_pool_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Closed-form backward of the two ops (the oracle for the Triton backward, and the backward of the fused ops until a
-# kernel replaces it). Everything is computed in fp32 and cast back to each input's dtype.
+# Closed-form backward of the two ops: the oracle the Triton backward kernels (kernels/*_bwd.py) are tested against.
+# Everything is computed in fp32 and cast back to each input's dtype.
 #   fwd:  y = LN(x) = xhat * g + beta,  xhat = (x - mu) * rstd
 #         a = y W1^T + b1,  h = GELU(a),  o = h W2^T + b2,  out = x + s * o      (token mix: y, o transposed [B, C, S])
 #   bwd:  do = s * dout;  dW2 = do^T h;  db2 = sum do;  da = (do W2) * GELU'(a);  dW1 = da^T y;  db1 = sum da
