@@ -4,6 +4,7 @@ kernels as a dispatch mode sees them, fastmixer's launch budget, dry-run = execu
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
@@ -62,12 +63,12 @@ def tiny_pair():
     ours = fastmixer.MlpMixer(**TINY)
     theirs = TimmMlpMixer(**TINY)
     theirs.load_state_dict(ours.state_dict())
-    return ours, theirs
+    return ours.to(DEVICE), theirs.to(DEVICE)  # the triton backend runs CUDA tensors, or CPU ones when interpreting
 
 
 def test_fastmixer_forward_launch_budget_and_bytes(tiny_pair, triton_backend):
     ours, theirs = tiny_pair
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
     fm = counting.count_kernels(ours, x, backward=False)
     with fastmixer.use_backend("reference"):
         tm = counting.count_kernels(theirs, x, backward=False)
@@ -85,7 +86,7 @@ def test_fastmixer_forward_launch_budget_and_bytes(tiny_pair, triton_backend):
 def test_launch_names_match_launches_module(tiny_pair, triton_backend):
     launches = pytest.importorskip("fastmixer.launches", reason="fastmixer/launches.py not present")
     ours, _ = tiny_pair
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
     fm = counting.count_kernels(ours.eval(), x, backward=False)
     with torch.no_grad():
         _, names = launches.count_launches(ours, x)
@@ -94,7 +95,7 @@ def test_launch_names_match_launches_module(tiny_pair, triton_backend):
 
 def test_dry_run_counts_equal_executed_counts(tiny_pair, triton_backend):
     ours, _ = tiny_pair
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, 32, 32, device=DEVICE)
     real = counting.count_kernels(ours, x)
     dry = counting.count_kernels(ours, x, execute=False)
     assert [(k.name, k.phase, k.bytes, k.flops) for k in real] == [(k.name, k.phase, k.bytes, k.flops) for k in dry]
@@ -103,7 +104,8 @@ def test_dry_run_counts_equal_executed_counts(tiny_pair, triton_backend):
 
 def test_batch_extrapolation_is_exact(tiny_pair):
     _, theirs = tiny_pair
-    k2, k3, k5 = (counting.count_kernels(theirs, torch.randn(b, 3, 32, 32), execute=False) for b in (2, 3, 5))
+    images = {b: torch.randn(b, 3, 32, 32, device=DEVICE) for b in (2, 3, 5)}
+    k2, k3, k5 = (counting.count_kernels(theirs, images[b], execute=False) for b in (2, 3, 5))
     assert counting._extrapolate(k2, k3, 5) == k5
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import DEVICE
 from helpers import randomize_, timm_twin
 
 from fastmixer import MlpMixer
@@ -12,9 +13,9 @@ TINY = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_tiny_mixer_fp32_equals_timm(batch, triton_backend):
-    m = randomize_(MlpMixer(**TINY), std=0.05).eval()
+    m = randomize_(MlpMixer(**TINY), std=0.05).to(DEVICE).eval()
     ref = timm_twin(m).eval()
-    x = torch.randn(batch, 3, 42, 42)
+    x = torch.randn(batch, 3, 42, 42, device=DEVICE)
     with torch.no_grad():
         ours, theirs = m(x), ref(x)
         feats, ref_feats = m.forward_features(x), ref.forward_features(x)
@@ -27,9 +28,9 @@ def test_tiny_mixer_fp32_equals_timm(batch, triton_backend):
 
 def test_tiny_mixer_fp16_three_way(triton_backend):
     """err(ours fp16 vs timm fp32) <= 2 * err(timm fp16 vs timm fp32) + atol."""
-    m = randomize_(MlpMixer(**TINY)).eval()
+    m = randomize_(MlpMixer(**TINY)).to(DEVICE).eval()
     ref32 = timm_twin(m).eval()
-    x = torch.randn(2, 3, 42, 42)
+    x = torch.randn(2, 3, 42, 42, device=DEVICE)
     with torch.no_grad():
         gold = ref32(x)
         theirs16 = timm_twin(m).half().eval()(x.half()).float()

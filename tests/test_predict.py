@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import DEVICE
 from helpers import randomize_, timm_twin
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
@@ -265,12 +266,12 @@ def test_info_flops_match_flop_counter():
 def test_predict_and_evaluate_through_fused_kernels(folder3, triton_backend):
     # the Triton kernels (interpreted on CPU) give the reference path's answers, end to end from image files
     root, items = folder3
-    model = tiny_model()
-    fused = [predict(model, p, topk=3) for p, _ in items[:3]]
-    res = evaluate(model, root, batch_size=12, progress=False)
+    model, dev = tiny_model(), DEVICE  # CUDA: compiled kernels; CPU: interpreted
+    fused = [predict(model, p, topk=3, device=dev) for p, _ in items[:3]]
+    res = evaluate(model, root, batch_size=12, progress=False, device=dev)
     with fastmixer.use_backend("reference"):
-        ref = [predict(model, p, topk=3) for p, _ in items[:3]]
-        want = evaluate(model, root, batch_size=12, progress=False)
+        ref = [predict(model, p, topk=3, device=dev) for p, _ in items[:3]]
+        want = evaluate(model, root, batch_size=12, progress=False, device=dev)
     for a, b in zip(fused, ref):
         assert [t["class"] for t in a["topk"]] == [t["class"] for t in b["topk"]]
         assert [t["score"] for t in a["topk"]] == pytest.approx([t["score"] for t in b["topk"]], abs=1e-4)
