@@ -152,67 +152,35 @@ def _out_dtype(x: Tensor, w: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, w.dtype)
 
 
-@torch.library.custom_op("fastmixer::token_mix", mutates_args=())
-def _token_mix_op(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
-    eps: float,
-    allow_tf32: bool,
-) -> Tensor:
-    return _launch(
-        "token",
-        x.contiguous(),
-        ln_weight,
-        ln_bias,
-        fc1_weight.contiguous(),
-        fc1_bias,
-        fc2_weight.contiguous(),
-        fc2_bias,
-        branch_scale,
-        eps=eps,
-        allow_tf32=allow_tf32,
-    )
+def _fwd_op(kind: str):
+    def impl(
+        x: Tensor,
+        ln_weight: Tensor,
+        ln_bias: Tensor,
+        fc1_weight: Tensor,
+        fc1_bias: Tensor,
+        fc2_weight: Tensor,
+        fc2_bias: Tensor,
+        branch_scale: Tensor | None,
+        eps: float,
+        allow_tf32: bool,
+    ) -> Tensor:
+        w1, w2 = fc1_weight.contiguous(), fc2_weight.contiguous()
+        args = (x.contiguous(), ln_weight, ln_bias, w1, fc1_bias, w2, fc2_bias, branch_scale)
+        return _launch(kind, *args, eps=eps, allow_tf32=allow_tf32)
+
+    op = torch.library.custom_op(f"fastmixer::{kind}_mix", impl, mutates_args=())
+
+    @op.register_fake
+    def _(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, allow_tf32):
+        # [B, S, C], contiguous, in promote(x, weights) dtype: what the launchers return.
+        return x.new_empty(x.shape, dtype=_out_dtype(x, fc1_weight))
+
+    return op
 
 
-@torch.library.custom_op("fastmixer::channel_mix", mutates_args=())
-def _channel_mix_op(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
-    eps: float,
-    allow_tf32: bool,
-) -> Tensor:
-    return _launch(
-        "channel",
-        x.contiguous(),
-        ln_weight,
-        ln_bias,
-        fc1_weight.contiguous(),
-        fc1_bias,
-        fc2_weight.contiguous(),
-        fc2_bias,
-        branch_scale,
-        eps=eps,
-        allow_tf32=allow_tf32,
-    )
-
-
-@_token_mix_op.register_fake
-@_channel_mix_op.register_fake
-def _mix_fake(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, allow_tf32):
-    # [B, S, C], contiguous, in promote(x, weights) dtype: what the launchers return.
-    return x.new_empty(x.shape, dtype=_out_dtype(x, fc1_weight))
+_token_mix_op = _fwd_op("token")
+_channel_mix_op = _fwd_op("channel")
 
 
 def _launch_bwd(kind: str, *args, **kwargs) -> tuple[Tensor, ...]:
