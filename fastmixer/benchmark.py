@@ -525,13 +525,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Settings: {json.dumps(report.get('config', {}))}",
         "",
-        "Times are medians of CUDA-event timings after warm-up (compile and autotune happen in warm-up)."
-        if not cpu
-        else "CPU timings (time.perf_counter) of the reference PyTorch path: a smoke run, not a GPU speed.",
-        "TFLOP/s count the GEMM FLOPs (2 per multiply-add) of the step; % peak is against the datasheet dense peak; "
-        "'vs timm' is the speed-up over timm eager; 'of limit' is the share of the bare-cuBLAS-GEMMs speed reached.",
-        "",
     ]
+    if report["results"]:  # a --count-only report has no timings to explain
+        lines += [
+            "Times are medians of CUDA-event timings after warm-up (compile and autotune happen in warm-up)."
+            if not cpu
+            else "CPU timings (time.perf_counter) of the reference PyTorch path: a smoke run, not a GPU speed.",
+            "TFLOP/s count the GEMM FLOPs (2 per multiply-add) of the step; % peak is against the datasheet dense "
+            "peak; 'vs timm' is the speed-up over timm eager; 'of limit' is the share of the bare-cuBLAS-GEMMs speed "
+            "reached.",
+            "",
+        ]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in report["results"]:
         groups.setdefault(r["label"], []).append(r)
