@@ -1,7 +1,7 @@
 """Counting without a GPU: kernel launches, compulsory HBM bytes and FLOPs per forward / backward; a roofline MODEL.
 
 What is counted, for a model run once on real (CPU or CUDA) tensors:
-  * aten ops (timm eager, and fastmixer's own aten work: stem, head, casts, the reference backward) are seen by a
+  * aten ops (timm eager, and fastmixer's own aten work: stem, head, casts, norm_pool's backward) are seen by a
     TorchDispatchMode. Every op that would be a CUDA kernel counts as one launch; views and metadata ops (is_view ops,
     `_unsafe_view`, `detach`, `empty*`, ...) count as none. Compulsory bytes of an op = every tensor input read once +
     every tensor output written once (an expanded input counts its distinct elements only). FLOPs of GEMMs and
@@ -12,7 +12,8 @@ What is counted, for a model run once on real (CPU or CUDA) tensors:
     counts once, so this is a lower bound for such kernels). The GEMM FLOPs of a fused `fastmixer::` op (2 GEMMs of
     2*M*N*K each) go to the launch that receives the GEMM's weight; if none does (a cached derived copy), to the op's
     launch that moves the most bytes. The backward ops (`*_mix_bwd`) get the 5 GEMMs they do (see `_fused_gemm_flops`).
-A `fastmixer::` custom op is seen by the dispatch mode as one op and replaced by the Triton launches made inside it;
+A `fastmixer::` custom op is seen by the dispatch mode as one op and replaced by the Triton launches and aten ops made
+inside it (channel_mix_bwd's cuBLAS GEMMs, host sums of partials);
 Triton launches made outside such an op (a backward calling its launchers directly) count too, with bytes but no FLOPs
 (their GEMM work is not known here, so the roofline model under-costs them if they are compute-bound).
 
@@ -252,9 +253,11 @@ class KernelCounter(TorchDispatchMode):
         name = func._schema.name.split("::")[-1]
         if namespace == "fastmixer":
             return self._fused(func, name, args, kwargs)
+        if _LaunchHooks.depth > 0:  # inside a running Triton launch: the interpreter's host copies, not kernels
+            return func(*args, **kwargs)
         out = func(*args, **kwargs) if self.execute else _dry_run(func, name, args, kwargs)
-        if namespace != "aten" or func.is_view or name in _NO_KERNEL:
-            return out
+        if namespace != "aten" or func.is_view or name in _NO_KERNEL or not _tensors(out):
+            return out  # views, metadata and scalar-valued ops (promote_types, ...) are no kernels
         nbytes = sum(distinct_bytes(t) for t in (*_tensors((args, kwargs)), *_tensors(out)))
         self._add(f"aten.{name}", "aten", nbytes, _aten_flops(func, args, kwargs, out))
         return out
@@ -281,19 +284,39 @@ class KernelCounter(TorchDispatchMode):
     def _fused(self, func, name: str, args: tuple, kwargs: dict) -> Any:
         first = len(self.kernels)
         self._op = name
-        try:
-            out = func(*args, **kwargs)
-        finally:
-            self._op = None
+        # Dispatch pops this mode while __torch_dispatch__ runs; re-entering it around the op's Python implementation
+        # makes the aten work inside the op count too: channel_mix_bwd's cuBLAS GEMMs, host sums of fp32 partials.
+        from fastmixer.ops import IMPLS
+
+        impl = IMPLS.get(name)
+        if impl is None:
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                self._op = None
+        else:
+            TorchDispatchMode.__enter__(self)  # the op's Python implementation, run under this mode again
+            try:
+                out = impl(*args, **kwargs)
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
+                self._op = None
         kernels = self.kernels[first:]
-        if self.recording and not kernels:
+        launches = [k for k in kernels if k.source == "triton"]
+        if self.recording and not launches:
             raise RuntimeError(
                 f"fastmixer::{name} made no Triton launch; count with the triton backend (use_backend('triton'))"
             )
-        for weight, flops in _fused_gemm_flops(name, args) if kernels else ():
-            owner = [k for k in kernels if any(_same(weight, t) for t in k.launch.tensors)]
-            (owner[0] if owner else max(kernels, key=lambda k: k.bytes)).flops += flops
+        gemms = _fused_gemm_flops(name, args) if launches else []
+        # The op's GEMM FLOPs not already counted on its aten ops (cuBLAS) go to its Triton launches, each GEMM to the
+        # launch that receives its weight, scaled so the op's total stays exact.
+        total = sum(f for _, f in gemms)
+        share = max(0.0, 1.0 - sum(k.flops for k in kernels if k.source == "aten") / total) if total else 0.0
+        for weight, flops in gemms:
+            owner = [k for k in launches if any(_same(weight, t) for t in k.launch.tensors)]
+            (owner[0] if owner else max(launches, key=lambda k: k.bytes)).flops += round(flops * share)
         for k in kernels:
+            k.op = name
             k.launch = None  # drop the tensor references
         return out
 

@@ -152,6 +152,10 @@ def _out_dtype(x: Tensor, w: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, w.dtype)
 
 
+# Python implementation of each fastmixer:: op by name (fastmixer.counting runs them under its dispatch mode).
+IMPLS: dict[str, object] = {}
+
+
 def _fwd_op(kind: str):
     def impl(
         x: Tensor,
@@ -169,6 +173,7 @@ def _fwd_op(kind: str):
         args = (x.contiguous(), ln_weight, ln_bias, w1, fc1_bias, w2, fc2_bias, branch_scale)
         return _launch(kind, *args, eps=eps, allow_tf32=allow_tf32)
 
+    IMPLS[f"{kind}_mix"] = impl
     op = torch.library.custom_op(f"fastmixer::{kind}_mix", impl, mutates_args=())
 
     @op.register_fake
@@ -210,6 +215,7 @@ def _bwd_op(kind: str):
         args = (dout.contiguous(), x.contiguous(), ln_weight, ln_bias, w1, fc1_bias, w2, fc2_bias, branch_scale)
         return list(_launch_bwd(kind, *args, eps=eps, allow_tf32=allow_tf32))
 
+    IMPLS[f"{kind}_mix_bwd"] = impl
     op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=())
 
     @op.register_fake
