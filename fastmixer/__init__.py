@@ -4,6 +4,21 @@ from fastmixer import MixerB16
 model = MixerB16(pretrained=True)         # timm's mixer_b16_224 weights, fused kernels on CUDA
 """
 
+import importlib.util as _ilu
+import os as _os
+import sys as _sys
+
+if _ilu.find_spec("fastmixer.kernels") is None:
+    # A source checkout on PYTHONPATH (not pip-installed): the top-level kernels/ folder is what pyproject ships as
+    # fastmixer.kernels, so map it here the same way.
+    _dir = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "kernels")
+    _init = _os.path.join(_dir, "__init__.py")
+    if not _os.path.isfile(_init):
+        raise ImportError(f"fastmixer.kernels not found (no {_init}); install fastmixer with pip")
+    _spec = _ilu.spec_from_file_location("fastmixer.kernels", _init, submodule_search_locations=[_dir])
+    _sys.modules["fastmixer.kernels"] = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_sys.modules["fastmixer.kernels"])
+
 from fastmixer.evaluate import evaluate
 from fastmixer.info import info
 from fastmixer.model import MixerBlock, MlpMixer
