@@ -470,6 +470,7 @@ def count_variant(
     """
     import fastmixer
     from fastmixer.registry import resolve_name
+    from fastmixer.weights import to_timm
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -478,7 +479,7 @@ def count_variant(
     arch = resolve_name(variant if variant.startswith(("mixer", "fastmixer", "Mixer")) else f"mixer_{variant}_224")
     kwargs = {} if num_blocks is None else {"num_blocks": num_blocks}
     ours = fastmixer.create_model(arch, **kwargs).to(dtype)
-    theirs = _timm_twin(ours)
+    theirs = to_timm(ours, share=False)  # plain timm MlpMixer, same architecture and weights
     img = ours.pretrained_cfg.get("input_size", (3, 224, 224))[-1] if num_blocks is None else ours.stem.img_size[0]
     results: dict[str, Any] = {
         "variant": arch,
@@ -505,32 +506,6 @@ def count_variant(
 
 def _as_dict(k: Kernel) -> dict[str, Any]:
     return {f.name: getattr(k, f.name) for f in dataclasses.fields(k) if f.name != "launch"}
-
-
-def _timm_twin(model: nn.Module) -> nn.Module:
-    """Plain timm MlpMixer with `model`'s architecture and weights."""
-    from functools import partial
-
-    from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
-
-    blk = model.blocks[0]
-    twin = TimmMlpMixer(
-        num_classes=model.num_classes,
-        img_size=model.stem.img_size,
-        in_chans=model.in_chans,
-        patch_size=model.stem.patch_size[0],
-        num_blocks=len(model.blocks),
-        embed_dim=model.embed_dim,
-        mlp_ratio=(
-            blk.mlp_tokens.fc1.out_features / model.embed_dim,
-            blk.mlp_channels.fc1.out_features / model.embed_dim,
-        ),
-        norm_layer=partial(nn.LayerNorm, eps=blk.norm1.eps),
-        global_pool=model.global_pool,
-    )
-    twin.load_state_dict(model.state_dict(), strict=True)
-    p = next(model.parameters())
-    return twin.to(device=p.device, dtype=p.dtype)
 
 
 def format_counts(result: dict[str, Any]) -> str:
