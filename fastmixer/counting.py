@@ -17,6 +17,10 @@ inside it (channel_mix_bwd's cuBLAS GEMMs, host sums of partials);
 Triton launches made outside such an op (a backward calling its launchers directly) count too, with bytes but no FLOPs
 (their GEMM work is not known here, so the roofline model under-costs them if they are compute-bound).
 
+Each Triton launch also keeps its grid (a tuple, or the callable triton evaluates with the launch's meta-parameters)
+and its named arguments, so a model of its cost can evaluate the grid for any autotune config (bench/time_model.py);
+each aten op keeps the shapes of its tensor inputs.
+
 Launches can be recorded without executing them (`execute=False`): the launch is logged and skipped, so outputs hold
 garbage, which no count depends on. That makes real-size counts (B/16, L/16) cheap on a CPU with no GPU: counts are
 taken at batch 2 and 3 and extrapolated per kernel (every tensor size in a Mixer is affine in the batch; the two kernel
@@ -89,6 +93,17 @@ _NO_KERNEL = {
 class Launch:
     name: str
     tensors: list[Tensor]
+    grid: Any = None  # the launch's grid: a tuple, or a callable of the launch's meta-parameters (as triton calls it)
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)  # named arguments, tensors as TensorArg
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArg:
+    """What a launch argument tensor looked like (its data is not kept)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str  # "bfloat16", "float32", ...
 
 
 @dataclasses.dataclass
@@ -103,6 +118,12 @@ class Kernel:
     block: int | None = None  # index of the Mixer block whose forward issued it (forward only)
     op: str | None = None  # the fastmixer:: op that made this Triton launch
     launch: Launch | None = dataclasses.field(default=None, repr=False, compare=False)  # while being attributed
+    # Triton launches: the grid (tuple or callable of the meta-parameters) and the named arguments (ints, floats,
+    # constexprs as passed; tensors as TensorArg), so a grid can be evaluated for any autotune config. aten ops: args
+    # holds "shapes", the shapes of the op's tensor inputs. Both None after batch extrapolation (they were taken at
+    # another batch).
+    grid: Any = dataclasses.field(default=None, repr=False, compare=False)
+    args: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def distinct_bytes(t: Tensor) -> int:
@@ -173,7 +194,11 @@ class _LaunchHooks:
             recorder = cls.active[-1]
             if kwargs.get("warmup", False):  # a compile-only warm-up is not a launch
                 return original(self, *args, **kwargs)
-            recorder.launches.append(Launch(_kernel_name(self), _tensors((args, kwargs))))
+            recorder.launches.append(
+                Launch(
+                    _kernel_name(self), _tensors((args, kwargs)), kwargs.get("grid"), _named_args(self, args, kwargs)
+                )
+            )
             if recorder.on_launch is not None:
                 recorder.on_launch(recorder.launches[-1])
             if not recorder.execute:
@@ -185,6 +210,20 @@ class _LaunchHooks:
                 cls.depth -= 1
 
         return run
+
+
+def _named_args(kernel: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A launch's arguments by name (positional ones through the kernel's arg_names), tensors as TensorArg; the
+    launch machinery's own keywords (grid, warmup) left out."""
+    names = getattr(kernel, "arg_names", None) or []
+    out = dict(zip(names, args))
+    out.update((k, v) for k, v in kwargs.items() if k not in ("grid", "warmup"))
+    return {
+        k: TensorArg(tuple(v.shape), tuple(v.stride()), str(v.dtype).replace("torch.", ""))
+        if isinstance(v, Tensor)
+        else v
+        for k, v in out.items()
+    }
 
 
 class LaunchRecorder:
@@ -259,7 +298,8 @@ class KernelCounter(TorchDispatchMode):
         if namespace != "aten" or func.is_view or name in _NO_KERNEL or not _tensors(out):
             return out  # views, metadata and scalar-valued ops (promote_types, ...) are no kernels
         nbytes = sum(distinct_bytes(t) for t in (*_tensors((args, kwargs)), *_tensors(out)))
-        self._add(f"aten.{name}", "aten", nbytes, _aten_flops(func, args, kwargs, out))
+        k = self._add(f"aten.{name}", "aten", nbytes, _aten_flops(func, args, kwargs, out))
+        k.args = {"shapes": [tuple(t.shape) for t in _tensors((args, kwargs))]}
         return out
 
     def __enter__(self) -> KernelCounter:
@@ -277,7 +317,9 @@ class KernelCounter(TorchDispatchMode):
         for t in launch.tensors:
             seen.setdefault((t.data_ptr(), tuple(t.shape), tuple(t.stride())), t)
         nbytes = sum(distinct_bytes(t) for t in seen.values())
-        self._add(launch.name, "triton", nbytes, 0, op=self._op).launch = launch if self._op else None
+        k = self._add(launch.name, "triton", nbytes, 0, op=self._op)
+        k.launch = launch if self._op else None
+        k.grid, k.args = launch.grid, launch.args
 
     _op: str | None = None
 
@@ -415,6 +457,28 @@ def count_kernels(model: nn.Module, images: Tensor, *, backward: bool = True, ex
     return counter.kernels
 
 
+def count_call(
+    fn: Callable[[Tensor], Tensor], x: Tensor, *, backward: bool = True, execute: bool = True
+) -> list[Kernel]:
+    """Kernels of one call `fn(x)` (no_grad) and, if `backward`, of the backward of `fn(x)` with x requiring grad and
+    a random upstream gradient (the forward that builds the graph is not counted). For one block or one op; a
+    fastmixer module must be on the triton backend for its fused ops to be launches. x on fn's device and dtype."""
+    counter = KernelCounter(execute=execute)
+    with _interpret_for(x):
+        with torch.no_grad(), counter:
+            fn(x)
+        if backward:
+            xg = x.detach().requires_grad_()
+            counter.recording = False
+            with counter:
+                out = fn(xg)
+            grad = torch.randn_like(out)
+            counter.phase, counter.recording = "backward", True
+            with counter:
+                out.backward(grad)
+    return counter.kernels
+
+
 def roofline_us(kernels: list[Kernel], dtype: torch.dtype | str, device: Roofline = H100_SXM) -> float:
     """Modelled time in microseconds: sum over kernels of max(flops / peak, bytes / bandwidth) + launch overhead."""
     key = str(dtype).replace("torch.", "")
@@ -448,7 +512,11 @@ def _extrapolate(k2: list[Kernel], k3: list[Kernel], batch: int) -> list[Kernel]
         raise RuntimeError(f"the kernel sequence differs between batch 2 and 3; cannot extrapolate to batch {batch}")
     return [
         dataclasses.replace(
-            a, bytes=a.bytes + (b.bytes - a.bytes) * (batch - 2), flops=a.flops + (b.flops - a.flops) * (batch - 2)
+            a,
+            bytes=a.bytes + (b.bytes - a.bytes) * (batch - 2),
+            flops=a.flops + (b.flops - a.flops) * (batch - 2),
+            grid=None,  # grids and arguments were taken at batch 2: not those of `batch`
+            args=None,
         )
         for a, b in zip(k2, k3)
     ]
@@ -505,7 +573,7 @@ def count_variant(
 
 
 def _as_dict(k: Kernel) -> dict[str, Any]:
-    return {f.name: getattr(k, f.name) for f in dataclasses.fields(k) if f.name != "launch"}
+    return {f.name: getattr(k, f.name) for f in dataclasses.fields(k) if f.name not in ("launch", "grid", "args")}
 
 
 def format_counts(result: dict[str, Any]) -> str:

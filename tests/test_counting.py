@@ -132,3 +132,36 @@ def test_count_variant_b16_fastmixer_beats_timm(triton_backend):
     with pytest.raises(ValueError, match="batch"):
         counting.count_variant("b16", batch=0)
     assert "roofline MODEL" in counting.format_counts(r)
+
+
+def test_triton_launches_keep_grid_and_arguments(tiny_pair, triton_backend):
+    # what bench/time_model.py needs: each launch's grid (tuple or triton's callable of the meta-parameters) and its
+    # named arguments, so the grid can be evaluated for any autotune config
+    ours, theirs = tiny_pair
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    ks = counting.count_kernels(ours, x, backward=False, execute=False)
+    triton_ks = [k for k in ks if k.source == "triton"]
+    assert triton_ks and all(k.grid is not None and isinstance(k.args, dict) for k in triton_ks)
+    stats = next(k for k in triton_ks if k.name == "_token_stats_kernel")
+    assert stats.grid == (-(-2 * 16 // stats.args["BLOCK_R"]),)
+    assert stats.args["X"] == counting.TensorArg((2, 16, 24), (16 * 24, 24, 1), "float32")
+    fc1 = next(k for k in triton_ks if k.name == "_ln_fc1_gelu_kernel")  # rows M = 2 * 16, N = 4 * 24 hidden
+    assert callable(fc1.grid) and fc1.grid({**fc1.args, "BLOCK_M": 16, "BLOCK_N": 32}) == (2 * 3,)
+    conv = next(k for k in ks if k.name == "aten.convolution")
+    assert conv.args["shapes"][:2] == [(2, 3, 32, 32), (24, 3, 8, 8)]
+    assert "grid" not in counting._as_dict(fc1) and "args" not in counting._as_dict(fc1)  # JSON rows stay plain
+    # extrapolated kernels were taken at another batch: they carry no grid or arguments
+    k2, k3 = (counting.count_kernels(theirs, torch.randn(b, 3, 32, 32, device=DEVICE), execute=False) for b in (2, 3))
+    assert all(k.grid is None and k.args is None for k in counting._extrapolate(k2, k3, 7))
+
+
+def test_count_call_of_a_block_equals_the_models_block(tiny_pair, triton_backend):
+    ours, _ = tiny_pair
+    x = torch.randn(3, 3, 32, 32, device=DEVICE)
+    model_block = [k for k in counting.count_kernels(ours, x, backward=False, execute=False) if k.block == 0]
+    tokens = torch.randn(3, 16, 24, device=DEVICE)
+    call = counting.count_call(ours.blocks[0], tokens, execute=False)
+    fwd = [k for k in call if k.phase == "forward"]
+    assert [(k.name, k.bytes, k.flops) for k in fwd] == [(k.name, k.bytes, k.flops) for k in model_block]
+    ops = {k.op for k in call if k.phase == "backward" and k.source == "triton"}
+    assert ops == {"token_mix_bwd", "channel_mix_bwd"}
