@@ -686,14 +686,15 @@ def compile_plan_block(B: int, S: int, C: int, Dt: int, Dc: int, w: int = 2) -> 
     every GEMM epilogue (fc1: + bias, GELU; fc2: + bias, + residual, stored back in [B, S, C] order); in the backward,
     GELU' into the dX GEMM of fc2 (reading the saved pre-activation), each LayerNorm backward with the residual-gradient
     add, and the bias/LN-parameter gradients as partial sums inside passes that already read their operand. The
-    residual add rides the fc2 epilogue; the next LayerNorm is its own pass (a GEMM tile never holds a whole row),
-    which is cheaper than a separate residual kernel and the same traffic as fusing the add into the next LayerNorm.
+    residual add rides the fc2 epilogue and the next LayerNorm is its own pass (a GEMM tile never holds a whole row):
+    4 activation passes (fc2 reads x, writes u; LN reads u, writes LN(u)), one fewer than fusing the add into the next
+    LayerNorm instead (fc2 writes its output; LN reads it and x, writes u and LN(u): 5), and two fewer than eager.
     Not fused (cannot be): the LayerNorm passes into GEMMs (row reductions across N tiles).
     Saved for the backward (training forward, not in these tables: its fc1 epilogues would also store the
     pre-activations a1 [B*C, Dt], a2 [B*S, Dc]): x, LN outputs, pre-activations, hidden activations, u, stats."""
     act, stats = B * S * C * w, B * S * 8
     fwd = [
-        PlanKernel("LN1 + transpose", "memory", 2 * act + stats * 0 + 2 * C * w,
+        PlanKernel("LN1 + transpose", "memory", 2 * act + 2 * C * w,
                    fuses="LayerNorm1 and the transpose to [B, C, S]: read x, write LN1(x)^T"),
         _gemm("token fc1", B * C, Dt, S, w, Dt * w, "bias + GELU epilogue"),
         _gemm("token fc2", B * C, S, Dt, w, act + S * w, "bias + residual epilogue (reads x), stored as [B, S, C]"),
