@@ -947,7 +947,10 @@ def assumption_lines(dev: Device, asm: Assumptions, report: dict[str, Any]) -> l
 
 
 def _us(v: float) -> str:
-    return f"{v:,.1f}" if v < 1e4 else f"{v:,.0f}"
+    """A time for a table: 3 decimals below 10, 1 below 10^4, none above."""
+    if math.isinf(v):
+        return "does not launch"
+    return f"{v:.3f}" if v < 10 else f"{v:,.1f}" if v < 1e4 else f"{v:,.0f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -975,7 +978,11 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_us(o[op][ph]["us"]) for op in ("token_mix", "channel_mix") for ph in ("forward", "backward")]
             lines.append(f"| {c['variant'].upper()} | {c['batch']} | {prov} | " + " | ".join(cells) + " |")
     for c in cases:
-        lines += ["", f"## {TITLE}: fastmixer kernels of one block, {c['variant'].upper()} batch {c['batch']}", ""]
+        lines += [
+            "",
+            f"## {TITLE}: fastmixer launches, one block + once per model, {c['variant'].upper()} batch {c['batch']}",
+            "",
+        ]
         lines += ["Each Triton row: the config the model picks among the report's (count in brackets); grid = "
                   "programs; executed GFLOP = the SASS's MMA work (tile padding and duplicated dots included). "
                   "Rows with op '-' or norm_pool run once per model, outside the blocks.", ""]  # fmt: skip
