@@ -210,7 +210,9 @@ def report_rows(
     for r in report["builds"]:
         if r.get("kernel") != kernel or r.get("arch") != ARCH or r.get("status") == "build_failed":
             continue
-        if str(r.get("dtype", "")).split("+")[0] != dtype or not r.get("occupancy") or not r.get("sass"):
+        if str(r.get("dtype", "")).split("+")[0] != dtype or not r.get("occupancy"):
+            continue
+        if not isinstance(r.get("sass"), dict) or "instructions" not in r["sass"]:  # not built, or SASS unread
             continue
         if not _shape_ok(r, shape) or (args is not None and not _consts_ok(r, args)):
             continue
@@ -336,9 +338,9 @@ def program_work(row: dict[str, Any], trips: Sequence[int]) -> dict[str, Any]:
     MMA FLOPs split by opcode, and which loops were counted.
 
     A loop runs prod(trips[:depth + 1]) times; its own body excludes the loops nested in it; code outside every loop
-    runs once. Counted: the report's main loop, every loop closed by a conditional branch (a compiled loop), and
-    loops closed by an unconditional branch that nest cleanly with all others (a not-rotated loop); an unconditional
-    backward branch whose body only partly overlaps another loop is an out-of-line block jumping back, not a loop.
+    runs once. Counted: the report's main loop and every natural loop (the report marks a backward branch whose range
+    holds an unconditional EXIT as not natural: an out-of-line block jumping back, not a loop). Reports without the
+    `natural` key: loops closed by a conditional branch, and unconditional ones that nest cleanly with all others.
     Loops deeper than the trip table are not counted either (`skipped`)."""
     sass = row["sass"]
     warps = row["num_warps"]
@@ -352,11 +354,14 @@ def program_work(row: dict[str, Any], trips: Sequence[int]) -> dict[str, Any]:
         apart = a["end"] < b["start"] or b["end"] < a["start"]
         return a is not b and not apart and not inside(a, b) and not inside(b, a)
 
-    loops = [
-        lp
-        for lp in every
-        if lp["start"] == main_start or lp.get("conditional", True) or not any(partial(lp, o) for o in every)
-    ]
+    def is_loop(lp: dict) -> bool:
+        if lp["start"] == main_start:
+            return True
+        if "natural" in lp:
+            return bool(lp["natural"])
+        return lp.get("conditional", True) or not any(partial(lp, o) for o in every)
+
+    loops = [lp for lp in every if is_loop(lp)]
     skipped = [lp for lp in every if not any(lp is x for x in loops)]
 
     instr = 0.0

@@ -69,10 +69,10 @@ def test_each_wave_takes_the_largest_bound():
 
 def test_program_work_counts_every_loop_by_its_depth():
     row = fx.row("k", shapes={"HGMMA.64x128x16.F32.BF16": 4}, warps=8, instructions=1000, loops=[
-        fx.loop(100, 900, 50),  # depth 0, conditional: a prologue loop
+        fx.loop(100, 900, 50),  # depth 0: a prologue loop
         fx.loop(1000, 6000, 300, 0, 4 * 2 * 64 * 128 * 16 * 2, 4),  # depth 0 main loop holding ...
         fx.loop(2000, 3000, 40, 1),  # ... a depth-1 loop
-        dict(fx.loop(2500, 7000, 99), conditional=False),  # out-of-line block jumping back: partial overlap
+        dict(fx.loop(2500, 7000, 99), natural=False),  # out-of-line block jumping back (an EXIT in its range)
     ])  # fmt: skip
     w = tm.program_work(row, trips=[12, 3])
     assert w["skipped"] == 1
@@ -80,9 +80,16 @@ def test_program_work_counts_every_loop_by_its_depth():
     assert w["instructions"] == 50 * 12 + (300 - 40) * 12 + 40 * 36 + straight
     assert w["mma_flops"] == 12 * 4 * 2 * 64 * 128 * 16 * 2
     assert sum(w["mma_by_op"].values()) == pytest.approx(w["mma_flops"])
-    # a main loop closed by an unconditional branch (not rotated) is still the main loop
-    row = fx.row("k", loops=[dict(fx.loop(1000, 6000, 300, 0, 2097152, 4), conditional=False)])
+    # the main loop always counts
+    row = fx.row("k", loops=[dict(fx.loop(1000, 6000, 300, 0, 2097152, 4), natural=False)])
     assert tm.program_work(row, trips=[5])["mma_flops"] == 5 * 2097152
+    # an older report without `natural`: loops closed by a conditional branch, or nesting cleanly with all others
+    old = [{k: v for k, v in lp.items() if k != "natural"} for lp in fx.row("k")["sass"]["loops"]]
+    old += [dict(fx.loop(100, 900, 50), conditional=False), dict(fx.loop(2500, 7000, 99), conditional=False)]
+    for lp in old:
+        lp.pop("natural", None)
+    row = fx.row("k", loops=old)
+    assert tm.program_work(row, trips=[2])["skipped"] == 1  # the one overlapping the main loop partly
     # FLOPs of one opcode issue for a CTA (the report's rule)
     assert tm.op_flops("HGMMA.64x128x16.F32.BF16", 8) == 2 * 64 * 128 * 16 * 2
     assert tm.op_flops("HMMA.16816.F32.BF16", 4) == 2 * 16 * 8 * 16 * 4

@@ -12,7 +12,7 @@ SHAPES = "B:S196:b256/L:S196:b256/B:S196:b1/L:S196:b1"
 
 def loop(start: int, end: int, instructions: int, depth: int = 0, mma: int = 0, hgmma: int = 0) -> dict[str, Any]:
     counts = {"HGMMA": hgmma, "HMMA": 0, "IMMA": 0, "DMMA": 0, "FFMA": 0}
-    return dict(start=start, end=end, instructions=instructions, depth=depth, conditional=True, counts=counts,
+    return dict(start=start, end=end, instructions=instructions, depth=depth, natural=True, counts=counts,
                 mma_flops_per_cta=mma)  # fmt: skip
 
 
@@ -61,6 +61,8 @@ def row(
             shapes=dict(shapes),
             loops=loops,
             main_loop=dict(
+                start=main["start"],
+                end=main["end"],
                 instructions=main["instructions"],
                 mma_kind="HGMMA" if shapes else None,
                 mma_dtype="bf16",
