@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 from timm.models._manipulate import checkpoint_seq
@@ -19,9 +20,23 @@ from timm.models.mlp_mixer import MixerBlock as _TimmMixerBlock
 from timm.models.mlp_mixer import MlpMixer as _TimmMlpMixer
 from torch import Tensor
 
-from fastmixer import ops
+from fastmixer.ops import channel_mix, norm_pool, token_mix
 
 __all__ = ["MixerBlock", "MlpMixer"]
+
+# torch.fx: each fused op is ONE opaque call_function node under symbolic tracing (torch.fx.symbolic_trace, timm's
+# and torchvision's FX feature extractors), instead of a trace through its Python dispatch (backend choice, autocast,
+# custom-op launch). The traced graph calls these very functions, so it computes the model's own outputs.
+torch.fx.wrap("token_mix")
+torch.fx.wrap("channel_mix")
+torch.fx.wrap("norm_pool")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast there
+        return False
 
 
 def _dropout_p(mlp: nn.Module) -> float:
@@ -60,7 +75,7 @@ class MixerBlock(_TimmMixerBlock):
         if not self.fusable or (self.training and self.mlp_drop > 0):
             return super().forward(x)
         t, c = self.mlp_tokens, self.mlp_channels
-        x = ops.token_mix(
+        x = token_mix(
             x,
             self.norm1.weight,
             self.norm1.bias,
@@ -71,7 +86,7 @@ class MixerBlock(_TimmMixerBlock):
             eps=self.norm1.eps,
             branch_scale=self._branch_scale(x),
         )
-        return ops.channel_mix(
+        return channel_mix(
             x,
             self.norm2.weight,
             self.norm2.bias,
@@ -105,7 +120,12 @@ class MlpMixer(_TimmMlpMixer):
 
     # -------------------------------------------------------------------------------------------- input checking
     def check_input(self, x: Any) -> None:
-        """Raise TypeError/ValueError naming what was expected, before any kernel runs."""
+        """Raise TypeError/ValueError naming what was expected, before any kernel runs.
+
+        Under torch.fx symbolic tracing x is a Proxy with no shape or dtype to check: the check is skipped there (the
+        fused ops still validate their arguments when the traced graph runs)."""
+        if isinstance(x, torch.fx.Proxy):
+            return
         if not isinstance(x, Tensor):
             raise TypeError(f"expected an image tensor [B, {self.in_chans}, H, W], got {type(x).__name__}")
         if not x.is_floating_point():
@@ -127,7 +147,7 @@ class MlpMixer(_TimmMlpMixer):
         w = self.stem.proj.weight
         if x.device != w.device:
             raise ValueError(f"input is on {x.device} but the model is on {w.device}; move one to the other")
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != w.dtype and not _autocast_enabled(x.device.type):
             raise TypeError(f"input is {x.dtype} but the model is {w.dtype}; use x.to({w.dtype}) or torch.autocast")
 
     def _tokens(self, x: Tensor) -> Tensor:
@@ -156,7 +176,7 @@ class MlpMixer(_TimmMlpMixer):
         if self.global_pool != "avg" or not isinstance(self.norm, nn.LayerNorm):
             return super().forward(x)
         x = self._tokens(x)  # [B, S, C]
-        x = ops.norm_pool(x, self.norm.weight, self.norm.bias, eps=self.norm.eps)  # [B, C]
+        x = norm_pool(x, self.norm.weight, self.norm.bias, eps=self.norm.eps)  # [B, C]
         x = self.head_drop(x)
         return self.head(x)
 

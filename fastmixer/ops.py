@@ -60,7 +60,7 @@ def _interpreting() -> bool:
 
 def resolve_backend(x: Tensor) -> str:
     """The backend that will run for input `x` ("triton" or "reference")."""
-    if _backend == "reference":
+    if _backend == "reference" or x.is_meta:  # meta: shapes only, which the reference gives
         return "reference"
     if _backend == "triton":
         if not (x.is_cuda or _interpreting()):
@@ -121,7 +121,11 @@ def _check_mix_args(
 
 def _matmul_dtype(x: Tensor, fc1_weight: Tensor, name: str) -> torch.dtype | None:
     """The dtype the GEMMs run in: the autocast dtype when autocast is on for x's device, else the weights' dtype."""
-    if torch.is_autocast_enabled(x.device.type):
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast there
+        autocast = False
+    if autocast:
         return torch.get_autocast_dtype(x.device.type)
     if fc1_weight.dtype != x.dtype:
         raise TypeError(
