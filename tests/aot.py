@@ -12,7 +12,9 @@ Every kernel module in fastmixer.kernels exposes `gpu_build_specs() -> list[dict
 
 `build(spec, arch)` compiles one spec for sm_<arch> with triton.compile(ASTSource(...), target=GPUTarget("cuda", arch,
 32)) and reads its resources: registers and stack from `cuobjdump --dump-resource-usage`, spill bytes from the ptxas -v
-log of the same compile, shared memory from the kernel metadata. Pointer arguments are marked 16-byte aligned, as the
+log of the same compile, shared memory from the kernel metadata. The same cuobjdump call dumps the SASS, which
+tests/sass.py reads into res["sass"] (MMA mix, main loop, issue vs MMA cycles) and res["occupancy"] (CTAs/warps per
+SM on H100/A100). Pointer arguments are marked 16-byte aligned, as the
 JIT specialises every torch allocation (unless the spec gives its own attrs): that turns on the cp.async/TMA pipelining
 that sets the real shared-memory use; without it a GEMM builds with a single operand buffer.
 
@@ -22,8 +24,8 @@ and the worker's spec list is the GPU one (kernels/_common.pick_configs trims co
 are cached per process. Works with triton 3.6 and 3.8 (same ASTSource/compile/knobs API).
 
 Cost: one build is 1-5 s on an idle core, 5-30 s on a loaded one (ptxas dominates for big tiles), so the full
-kernels x configs x dtypes x {sm_90, sm_80} product takes many minutes; `python bench/kernel_resources.py` prints the
-same builds as a table.
+kernels x configs x dtypes x {sm_90, sm_80} product takes many minutes; `python bench/kernel_resources.py` turns the
+same builds into the kernel report (Markdown + JSON).
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def _summary(module: str, spec: dict[str, Any]) -> dict[str, Any]:
         "constexprs": {k: v if isinstance(v, (int, float, str)) else repr(v) for k, v in spec["constexprs"].items()},
         "num_warps": spec["num_warps"],
         "num_stages": spec["num_stages"],
+        # optional spec keys, passed through when a module's specs carry them
+        **{k: spec[k] for k in ("shapes", "must_fit") if k in spec},
     }
 
 
@@ -243,8 +247,12 @@ def _build_local(spec: dict[str, Any], arch: int) -> dict[str, Any]:
         cubin = os.path.join(tmp, f"{name}.cubin")
         with open(cubin, "wb") as f:
             f.write(kernel.asm["cubin"])
+        # One cuobjdump call gives both the resource usage and the SASS (~1 s for a big kernel).
         dump = subprocess.run(
-            [_nvidia_bin("cuobjdump"), "--dump-resource-usage", cubin], capture_output=True, text=True, check=True
+            [_nvidia_bin("cuobjdump"), "--dump-resource-usage", "--dump-sass", cubin],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     ptxas_log = log.getvalue()
     if "Function properties for" not in ptxas_log:  # cache hit or a triton without the knob: run ptxas -v ourselves
@@ -265,7 +273,30 @@ def _build_local(spec: dict[str, Any], arch: int) -> dict[str, Any]:
         raise ValueError(f"{spec['name']}: implausible register count {res['registers']} parsed from:\n{dump}")
     res["problems"] = check_limits(res)
     res["ok"] = not res["problems"]
+    _attach_sass(res, dump, kernel.asm.get("ttir", ""))
     return res
+
+
+def _attach_sass(res: dict[str, Any], dump: str, ttir: str) -> None:
+    """res["sass"] (tests/sass.analyze of the cubin's SASS, plus ir_dots: the tt.dot ops of the kernel's TTIR, callees
+    inlined) and res["occupancy"] (tests/sass.occupancy); a parser failure is recorded as {"error": ...} rather than
+    failing the build (tests/test_sass.py checks for it)."""
+    import sass
+
+    arch, warps = res["arch"], res["num_warps"]
+    keep = os.environ.get("FASTMIXER_AOT_SASS_DIR")  # bench/kernel_resources.py --sass-dir
+    if keep:
+        safe = re.sub(r"[^\w.,=+-]+", "_", res["name"])
+        with open(os.path.join(keep, f"{safe}.sm{arch}.sass"), "w") as f:
+            f.write(dump)
+    dots = len(re.findall(r"\btt\.dot\b", ttir))
+    try:
+        # FFMA counts as matrix work only in a kernel that has a tl.dot (the FMA route of fp32 "ieee" dots)
+        res["sass"] = sass.analyze(dump, arch, warps, kernel=res["kernel"], ffma_is_mma=dots > 0)
+        res["sass"]["ir_dots"] = dots
+    except Exception as e:
+        res["sass"] = {"error": f"{type(e).__name__}: {e}", "ir_dots": dots}
+    res["occupancy"] = sass.occupancy(arch, res["registers"], warps, res["shared_bytes"], res["static_shared_bytes"])
 
 
 def _ptxas_verbose(ptx: str, arch: int) -> str:
@@ -424,7 +455,33 @@ def _selftest_specs() -> list[dict[str, Any]]:
             divisible_by_16=["K", "N"],
         )
 
-    return [spec("fits", 64, 64, 32, 4, 2), spec("spills", 128, 256, 32, 4, 2), spec("big_smem", 128, 128, 128, 8, 5)]
+    @triton.jit
+    def aot_selftest_fma(a_ptr, b_ptr, c_ptr, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # a [BM, K] fp32, b [K, BN] fp32, c [BM, BN] fp32; one tile, fp32 "ieee" dot: FMA units, no tensor cores.
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        a_p = a_ptr + rm[:, None] * K + rk[None, :]
+        b_p = b_ptr + rk[:, None] * BN + rn[None, :]
+        acc = tl.zeros((BM, BN), tl.float32)
+        for _ in range(0, K, BK):
+            acc = tl.dot(tl.load(a_p), tl.load(b_p), acc, input_precision="ieee")
+            a_p += BK
+            b_p += BK * BN
+        tl.store(c_ptr + rm[:, None] * BN + rn[None, :], acc)
+
+    # "fma" (32x32x16, w4, s1): the FMA route of tl.dot, for the SASS report's FFMA counting (tests/test_sass.py)
+    fma = dict(
+        name="fma",
+        fn=aot_selftest_fma,
+        signature={"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "K": "i32"},
+        constexprs=dict(BM=32, BN=32, BK=16),
+        num_warps=4,
+        num_stages=1,
+        divisible_by_16=["K"],
+    )
+    gemms = [spec("fits", 64, 64, 32, 4, 2), spec("spills", 128, 256, 32, 4, 2), spec("big_smem", 128, 128, 128, 8, 5)]
+    return [*gemms, fma]
 
 
 def _worker_main() -> None:
