@@ -2,8 +2,10 @@
 init and every method a timm user touches stay timm's, with the block forward routed through fastmixer.ops.
 
 Data path per block: x [B, S, C] -> u = token_mix(x) -> channel_mix(u), each one fused op (see fastmixer/ops.py).
-Where a configuration cannot be fused exactly (a non-LayerNorm norm, a non-erf activation, a custom MLP, or MLP dropout
-while training), the block runs timm's own forward, so the result is always timm's.
+The fused ops take exact GELU (nn.GELU(), timm's default) and its tanh approximation (nn.GELU(approximate="tanh"),
+or timm's GELU / GELUTanh layers). Where a configuration cannot be fused exactly (a non-LayerNorm norm, another
+activation, a custom MLP, or MLP dropout while training), the block runs timm's own forward, so the result is always
+timm's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from timm.models.mlp_mixer import MixerBlock as _TimmMixerBlock
 from timm.models.mlp_mixer import MlpMixer as _TimmMlpMixer
 from torch import Tensor
 
+from fastmixer.mix_args import act_from_approximate
 from fastmixer.ops import channel_mix, norm_pool, token_mix
+
+try:  # timm's own GELU layers (timm.layers.activations), fused like nn.GELU()
+    from timm.layers.activations import GELU as _TimmGELU
+    from timm.layers.activations import GELUTanh as _TimmGELUTanh
+
+    _TIMM_ACTS = {_TimmGELU: "gelu", _TimmGELUTanh: "gelu_tanh"}
+except ImportError:  # an older timm without them
+    _TIMM_ACTS = {}
 
 __all__ = ["MixerBlock", "MlpMixer"]
 
@@ -39,6 +50,13 @@ def _autocast_enabled(device_type: str) -> bool:
         return False
 
 
+def _fused_act(act: nn.Module) -> str | None:
+    """The fused ops' `act` name for an MLP's activation module, or None when it has no fused form."""
+    if type(act) is nn.GELU and act.approximate in ("none", "tanh"):
+        return act_from_approximate(act.approximate)
+    return _TIMM_ACTS.get(type(act))
+
+
 def _dropout_p(mlp: nn.Module) -> float:
     return max(float(getattr(mlp, name).p) for name in ("drop1", "drop2") if isinstance(getattr(mlp, name), nn.Dropout))
 
@@ -55,10 +73,12 @@ class MixerBlock(_TimmMixerBlock):
                 type(n) is nn.LayerNorm and n.elementwise_affine and n.bias is not None
                 for n in (self.norm1, self.norm2)
             )
-            and all(type(m.act) is nn.GELU and m.act.approximate == "none" for m in mlps)
+            and all(_fused_act(m.act) is not None for m in mlps)
             and all(isinstance(m.norm, nn.Identity) and m.fc1.bias is not None and m.fc2.bias is not None for m in mlps)
         )
         self.mlp_drop = max((_dropout_p(m) for m in mlps), default=0.0) if self.fusable else 0.0
+        # fused activation of the token and channel MLPs ("gelu" | "gelu_tanh")
+        self.acts = tuple(_fused_act(m.act) for m in mlps) if self.fusable else (None, None)
 
     def _branch_scale(self, x: Tensor) -> Tensor | None:
         # Per-sample stochastic depth as a [B] factor applied inside the fused residual epilogue. Same RNG draws as
@@ -85,6 +105,7 @@ class MixerBlock(_TimmMixerBlock):
             t.fc2.bias,
             eps=self.norm1.eps,
             branch_scale=self._branch_scale(x),
+            act=self.acts[0],
         )
         return channel_mix(
             x,
@@ -96,6 +117,7 @@ class MixerBlock(_TimmMixerBlock):
             c.fc2.bias,
             eps=self.norm2.eps,
             branch_scale=self._branch_scale(x),
+            act=self.acts[1],
         )
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastmixer.mix_args import approximate_of
+
 
 def _branch_scale(branch: Tensor, branch_scale: Tensor | None) -> Tensor:
     # branch_scale: [B] per-sample stochastic-depth factor (0 or 1/keep_prob), broadcast over [B, S, C].
@@ -32,13 +34,15 @@ def token_mix_ref(
     *,
     eps: float,
     branch_scale: Tensor | None = None,
+    act: str = "gelu",
 ) -> Tensor:
     """u = x + fc2(GELU(fc1(LN(x)^T)))^T, contracting over tokens.
 
     x [B, S, C]; ln_* [C]; fc1_weight [Dt, S]; fc1_bias [Dt]; fc2_weight [S, Dt]; fc2_bias [S] -> u [B, S, C].
+    act: "gelu" (exact erf) or "gelu_tanh" (tanh approximation).
     """
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps).transpose(1, 2)  # [B, C, S]
-    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias))  # [B, C, Dt]
+    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias), approximate=approximate_of(act))  # [B, C, Dt]
     o = F.linear(h, fc2_weight, fc2_bias).transpose(1, 2)  # [B, S, C]
     return x + _branch_scale(o, branch_scale)
 
@@ -54,13 +58,15 @@ def channel_mix_ref(
     *,
     eps: float,
     branch_scale: Tensor | None = None,
+    act: str = "gelu",
 ) -> Tensor:
     """x + fc2(GELU(fc1(LN(x)))) over channels.
 
     x [B, S, C]; ln_* [C]; fc1_weight [Dc, C]; fc1_bias [Dc]; fc2_weight [C, Dc]; fc2_bias [C] -> [B, S, C].
+    act: "gelu" (exact erf) or "gelu_tanh" (tanh approximation).
     """
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
-    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias))  # [B, S, Dc]
+    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias), approximate=approximate_of(act))  # [B, S, Dc]
     o = F.linear(h, fc2_weight, fc2_bias)  # [B, S, C]
     return x + _branch_scale(o, branch_scale)
 
@@ -81,10 +87,16 @@ def norm_pool_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) 
 # ---------------------------------------------------------------------------------------------------------------------
 _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
+_SQRT_2_OVER_PI = 0.7978845608028654
+_TANH_CUBIC = 0.044715
 
 
-def gelu_grad(a: Tensor) -> Tensor:
-    """d/da of exact-erf GELU: Phi(a) + a * phi(a)."""
+def gelu_grad(a: Tensor, act: str = "gelu") -> Tensor:
+    """d/da of GELU. act="gelu" (exact erf): Phi(a) + a * phi(a). act="gelu_tanh": with u = k (a + c a^3),
+    k = sqrt(2 / pi), c = 0.044715, t = tanh(u): 0.5 (1 + t) + 0.5 a (1 - t^2) k (1 + 3 c a^2)."""
+    if act == "gelu_tanh":
+        t = torch.tanh(_SQRT_2_OVER_PI * (a + _TANH_CUBIC * a * a * a))
+        return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * a * a)
     return 0.5 * (1.0 + torch.erf(a * _INV_SQRT2)) + a * torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
 
 
@@ -118,9 +130,10 @@ def mix_backward_ref(
     *,
     eps: float,
     branch_scale: Tensor | None = None,
+    act: str = "gelu",
 ) -> tuple[Tensor, ...]:
     """Gradients (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias) of token_mix
-    (kind="token") or channel_mix (kind="channel"), in the dtypes of the corresponding inputs."""
+    (kind="token") or channel_mix (kind="channel") with activation `act`, in the dtypes of the corresponding inputs."""
     x32, g = x.float(), ln_weight.float()
     w1, w2 = fc1_weight.float(), fc2_weight.float()
     xhat, rstd = _ln_stats(x32, eps)
@@ -129,11 +142,11 @@ def mix_backward_ref(
     if kind == "token":
         y, do = y.transpose(1, 2), do.transpose(1, 2)  # [B, C, S]
     a = y @ w1.t() + fc1_bias.float()  # [B, *, D]
-    h = F.gelu(a)
+    h = F.gelu(a, approximate=approximate_of(act))
     red = (0, 1)
     dw2 = torch.einsum("bno,bnd->od", do, h)
     db2 = do.sum(dim=red)
-    da = (do @ w2) * gelu_grad(a)
+    da = (do @ w2) * gelu_grad(a, act)
     dw1 = torch.einsum("bnd,bni->di", da, y)
     db1 = da.sum(dim=red)
     dy = da @ w1

@@ -460,11 +460,23 @@ def infer_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return _infer(sd, layout)
 
 
-def model_from_checkpoint(path: str | os.PathLike, strict: bool = True, **overrides: Any) -> MlpMixer:
+def model_from_checkpoint(
+    path: str | os.PathLike, strict: bool = True, gelu: str | None = None, **overrides: Any
+) -> MlpMixer:
     """Build the fastmixer MlpMixer a checkpoint file describes (any supported format) and load it.
 
+    gelu: None or "erf" builds timm's exact GELU; "tanh" builds nn.GELU(approximate="tanh"), the activation Google's
+    JAX/Flax Mixer used, so a Google .npz gives the original model's numbers (both stay on the fused kernels).
     `overrides` go to MlpMixer (e.g. img_size=(H, W) for a non-square token grid, drop_path_rate=0.1).
     """
+    if gelu is not None:
+        if gelu not in ("erf", "tanh"):
+            raise ValueError(
+                f"gelu must be 'erf' (timm's exact GELU) or 'tanh' (JAX/Flax's approximation), got {gelu!r}"
+            )
+        if "act_layer" in overrides:
+            raise ValueError("pass either gelu or act_layer, not both")
+        overrides["act_layer"] = partial(nn.GELU, approximate="tanh" if gelu == "tanh" else "none")
     raw = read_checkpoint(path)
     layout = detect_layout(raw)
     sd, origin = convert_state_dict(raw, layout)

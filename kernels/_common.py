@@ -28,6 +28,44 @@ def gelu_erf_grad(a):
     return 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476)) + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
 
 
+# tanh-approximate GELU (nn.GELU(approximate="tanh"), Flax's default), with u = k (a + c a^3), k = sqrt(2/pi),
+# c = 0.044715:   GELU(a) = 0.5 a (1 + tanh u) = a * sigmoid(2u)
+#                 GELU'(a) = sig + 2 a sig (1 - sig) k (1 + 3 c a^2),   sig = sigmoid(2u)
+# sig = 1 / (1 + e), e = exp(-2u) clamped at exp(80) and sig = 0 below 2u = -80, so 1 - sig = e * sig and the derivative
+# term stay finite for any fp32 a (a^3 may overflow to inf: the clamp and a clamped a in the slope keep inf * 0 out).
+# No cancellation near a = 0 or for large |a| (torch's 1 + tanh u loses digits as u -> -inf; this form does not).
+@triton.jit
+def _gelu_tanh_sig(a):
+    """(sig, 1 - sig) of fp32 `a`, sig = sigmoid(2 k (a + c a^3)) = 0.5 (1 + tanh u)."""
+    u2 = 1.5957691216057308 * (a + 0.044715 * a * a * a)  # 2u
+    e = tl.exp(tl.minimum(-u2, 80.0))
+    sig = tl.where(u2 < -80.0, 0.0, 1.0 / (1.0 + e))
+    return sig, e * sig
+
+
+@triton.jit
+def gelu(a, ACT: tl.constexpr):
+    """GELU of fp32 `a`: ACT = "gelu" (exact erf) or "gelu_tanh" (tanh approximation)."""
+    if ACT == "gelu_tanh":
+        sig, _ = _gelu_tanh_sig(a)
+        return a * sig
+    else:
+        return gelu_erf(a)
+
+
+@triton.jit
+def gelu_and_grad(a, ACT: tl.constexpr):
+    """(GELU(a), GELU'(a)) of fp32 `a` for ACT = "gelu" (one erf shared) or "gelu_tanh" (one exp shared)."""
+    if ACT == "gelu_tanh":
+        sig, one_minus = _gelu_tanh_sig(a)
+        ac = tl.minimum(tl.maximum(a, -1.0e4), 1.0e4)  # sig (1 - sig) is exactly 0 long before |a| = 1e4
+        slope = 1.5957691216057308 * (1.0 + 0.134145 * ac * ac)  # 2u' = 2k (1 + 3c a^2)
+        return a * sig, sig + a * (sig * one_minus) * slope
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))  # Phi(a): GELU = a Phi(a), GELU' = Phi + a phi(a)
+        return a * cdf, cdf + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
+
+
 @triton.jit
 def ln_row_stats(row_ptrs, row_mask, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """fp32 LayerNorm statistics of BLOCK_M rows of length K: returns mean [BLOCK_M], rstd [BLOCK_M].

@@ -6,7 +6,7 @@ Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no
       prologue:  mu[m], rstd[m] over the C channels of row m, fp32 (per-lane Welford, one pass over K)
                  a[m, k] = ((x[m, k] - mu[m]) * rstd[m] * g[k] + beta[k]) -> W      (torch's LN output, cast to W)
       main loop: acc[m, n] = sum_k a[m, k] * W1[n, k]                                 (fp32 accumulation)
-      epilogue:  h[m, n] = GELU_erf(acc + b1[n]) -> W                                  h [M, Dc] stored in W
+      epilogue:  h[m, n] = GELU(acc + b1[n]) -> W   (exact erf, or tanh under ACT)     h [M, Dc] stored in W
   GEMM2  (M x K=Dc) @ (K x N=C), `_fc2_residual_kernel`
       main loop: acc[m, n] = sum_k h[m, k] * W2[n, k]
       epilogue:  out[m, n] = x[m, n] + s[m // S] * (acc + b2[n])   in fp32, stored in promote(X, W)
@@ -23,7 +23,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import INTERPRET, dot_precision, gelu_erf, ln_row_stats, pick_configs
+from fastmixer.mix_args import MixArgs, check_mix_args
+
+from ._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
+from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Ptr, Shape, SpecSet
 
 
 # ------------------------------------------------------------------------------------------------ shared jit helpers
@@ -117,6 +120,7 @@ def _ln_fc1_gelu_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -150,9 +154,9 @@ def _ln_fc1_gelu_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    # epilogue: + b1, exact GELU in fp32, one rounding to W
+    # epilogue: + b1, GELU in fp32, one rounding to W
     b1 = tl.load(b1_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    h = gelu_erf(acc + b1[None, :])
+    h = gelu(acc + b1[None, :], ACT)
     h_ptrs = h_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -214,18 +218,6 @@ def _fc2_residual_kernel(
 
 
 # ------------------------------------------------------------------------------------------------ launcher
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _vector(name: str, t: Tensor, n: int, device: torch.device) -> Tensor:
-    if t.shape != (n,) or t.device != device or t.dtype not in _FLOATS:
-        raise ValueError(
-            f"channel_mix_fwd: {name} must be a float [{n}] tensor on {device}, got {t.dtype} "
-            f"{tuple(t.shape)} on {t.device}"
-        )
-    return t.contiguous()  # no copy for parameters
-
-
 def channel_mix_fwd(
     x: Tensor,
     ln_weight: Tensor,
@@ -238,42 +230,21 @@ def channel_mix_fwd(
     *,
     eps: float,
     allow_tf32: bool,
+    act: str = "gelu",
 ) -> Tensor:
     """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in two launches.
 
-    x [B, S, C] contiguous (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] contiguous, dtype W (== x's, or
-    fp16/bf16 under autocast with fp32 x); biases [Dc] / [C]; ln_* [C] any float dtype; branch_scale [B] or None.
+    x [B, S, C] (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] and the biases [Dc] / [C] in one dtype W
+    (x's, or another under autocast); ln_* [C] any float dtype; branch_scale [B] or None (fastmixer.mix_args has the
+    contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
     Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). The hidden h [B*S, Dc] is materialised in W.
     """
-    if x.dim() != 3 or not x.is_contiguous() or x.dtype not in _FLOATS:
-        raise ValueError(
-            f"channel_mix_fwd: x must be a contiguous float [B, S, C] tensor, got {x.dtype} "
-            f"{tuple(x.shape)} with strides {x.stride()}"
-        )
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    check_mix_args("channel_mix_fwd", "channel", args, eps=eps, act=act, kernel=True, mixed=True)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args.contiguous()
     B, S, C = x.shape
-    w_dtype = fc1_weight.dtype
-    if fc1_weight.dim() != 2 or fc1_weight.shape[1] != C:
-        raise ValueError(f"channel_mix_fwd: fc1_weight must be [Dc, {C}], got {tuple(fc1_weight.shape)}")
     Dc = fc1_weight.shape[0]
-    for name, w, shape in (("fc1_weight", fc1_weight, (Dc, C)), ("fc2_weight", fc2_weight, (C, Dc))):
-        if tuple(w.shape) != shape or not w.is_contiguous() or w.device != x.device:
-            raise ValueError(
-                f"channel_mix_fwd: {name} must be contiguous {shape} on {x.device}, got "
-                f"{tuple(w.shape)} strides {w.stride()} on {w.device}"
-            )
-    if w_dtype not in _FLOATS or fc2_weight.dtype != w_dtype:
-        raise TypeError(
-            f"channel_mix_fwd: fc1/fc2 weights must share one float dtype, got {w_dtype} and {fc2_weight.dtype}"
-        )
-    if x.dtype != w_dtype and x.dtype != torch.float32:
-        raise TypeError(f"channel_mix_fwd: x {x.dtype} with weights {w_dtype}: mixed dtypes need fp32 x (autocast)")
-    ln_weight = _vector("ln_weight", ln_weight, C, x.device)
-    ln_bias = _vector("ln_bias", ln_bias, C, x.device)
-    fc1_bias = _vector("fc1_bias", fc1_bias, Dc, x.device)
-    fc2_bias = _vector("fc2_bias", fc2_bias, C, x.device)
-    if branch_scale is not None:
-        branch_scale = _vector("branch_scale", branch_scale, B, x.device)
-
+    w_dtype = fc1_weight.dtype
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, w_dtype), device=x.device)
     M = B * S
     if M == 0 or C == 0:
@@ -290,7 +261,7 @@ def channel_mix_fwd(
 
     _ln_fc1_gelu_kernel[grid1](
         x, ln_weight, ln_bias, fc1_weight, fc1_bias, h, M, Dc, C, float(eps),
-        INPUT_PRECISION=precision, DOT_F32=dot_f32,
+        INPUT_PRECISION=precision, DOT_F32=dot_f32, ACT=act,
     )  # fmt: skip
     _fc2_residual_kernel[grid2](
         h, fc2_weight, fc2_bias, branch_scale if branch_scale is not None else x, x, out, M, C, Dc, S,

@@ -30,7 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import INTERPRET, dot_precision, pick_configs
+from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, pick_configs
+from fastmixer.mix_args import MixArgs, check_mix_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
 DUAL_BLOCK_M = 64
@@ -49,13 +50,6 @@ def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     if DOT_F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
     return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _gelu_and_grad(a):
-    """(GELU(a), GELU'(a)) of fp32 `a` sharing one erf: cdf = Phi(a); GELU = a*cdf; GELU' = cdf + a*phi(a)."""
-    cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
-    return a * cdf, cdf + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
 
 
 # ------------------------------------------------------------------------------------------------ row-wise kernels
@@ -304,6 +298,7 @@ def _dual_gemm_kernel(
     GROUP_M: tl.constexpr,
     DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
+    ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     # a = y W1^T and dh = do W2 share the K loop over C; grouped tile order keeps y/do rows and W columns in L2.
     pid = tl.program_id(0)
@@ -341,7 +336,7 @@ def _dual_gemm_kernel(
         w2_ptrs += BLOCK_K * D
     a = acc_a + tl.load(B1 + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     omask = mmask[:, None] & nmask[None, :]
-    h, dgelu = _gelu_and_grad(a)
+    h, dgelu = gelu_and_grad(a, ACT)
     da = tl.where(omask, acc_dh * dgelu, 0.0)
     off = rm.to(tl.int64)[:, None] * D + rn[None, :]
     tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
@@ -358,53 +353,12 @@ _dual_gemm = {
 
 # ------------------------------------------------------------------------------------------------ launcher
 def check_bwd_args(
-    name: str,
-    dout: Tensor,
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
-    mix_dim: int,
-) -> None:
-    """Launcher-level checks of what the kernels rely on (ops.py validated the user-facing arguments already)."""
-    if x.dim() != 3 or not x.is_contiguous():
-        raise ValueError(f"{name}: x must be a contiguous [B, S, C] tensor, got shape {tuple(x.shape)}")
-    if tuple(dout.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: dout must have x's shape {tuple(x.shape)}, got {tuple(dout.shape)}")
-    floats = (torch.float32, torch.float16, torch.bfloat16)
-    w_dtype = fc1_weight.dtype
-    for arg, t in (("x", x), ("dout", dout), ("fc1_weight", fc1_weight)):
-        if t.dtype not in floats:
-            raise TypeError(f"{name}: {arg} must be float32/float16/bfloat16, got {t.dtype}")
-    if x.dtype != w_dtype and x.dtype != torch.float32:
-        raise TypeError(f"{name}: x must be the weights' dtype {w_dtype} or float32 (autocast), got {x.dtype}")
-    B, _, C = x.shape
-    n = x.shape[mix_dim]
-    D = fc1_weight.shape[0] if fc1_weight.dim() == 2 else -1
-    expected = {
-        "fc1_weight": (fc1_weight, (D, n)),
-        "fc1_bias": (fc1_bias, (D,)),
-        "fc2_weight": (fc2_weight, (n, D)),
-        "fc2_bias": (fc2_bias, (n,)),
-        "ln_weight": (ln_weight, (C,)),
-        "ln_bias": (ln_bias, (C,)),
-    }
-    if branch_scale is not None:
-        expected["branch_scale"] = (branch_scale, (B,))
-    for arg, (t, shape) in expected.items():
-        if D < 1 or tuple(t.shape) != shape:
-            raise ValueError(f"{name}: {arg} must have shape {shape} for x {tuple(x.shape)}, got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: {arg} is on {t.device}, x on {x.device}")
-        if not t.is_contiguous():
-            raise ValueError(f"{name}: {arg} must be contiguous")
-    for arg, t in (("fc1_bias", fc1_bias), ("fc2_weight", fc2_weight), ("fc2_bias", fc2_bias)):
-        if t.dtype != w_dtype:
-            raise TypeError(f"{name}: {arg} must have fc1_weight's dtype {w_dtype}, got {t.dtype}")
+    name: str, kind: str, dout: Tensor, args: MixArgs, *, eps: float, act: str
+) -> tuple[Tensor, MixArgs]:
+    """The shared contract (fastmixer.mix_args, kernel dtypes, mixed x/W allowed) plus dout; returns (dout, args)
+    dense."""
+    check_mix_args(name, kind, args, eps=eps, act=act, kernel=True, mixed=True, dout=dout)
+    return dout.contiguous(), args.contiguous()
 
 
 def channel_mix_bwd(
@@ -420,13 +374,14 @@ def channel_mix_bwd(
     *,
     eps: float,
     allow_tf32: bool,
+    act: str = "gelu",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of channel_mix: dout, x [B, S, C]; fc1_weight [Dc, C]; fc2_weight [C, Dc]; branch_scale [B] or None
-    -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
-    check_bwd_args(
-        "channel_mix_bwd", dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, 2
-    )
-    dout = dout.contiguous()
+    """Gradients of channel_mix: dout, x [B, S, C]; fc1_weight [Dc, C]; fc2_weight [C, Dc]; branch_scale [B] or None;
+    act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias),
+    each in its input's dtype."""
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    dout, args = check_bwd_args("channel_mix_bwd", "channel", dout, args, eps=eps, act=act)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     M, D = B * S, fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype
@@ -454,6 +409,7 @@ def channel_mix_bwd(
         GROUP_M=8,
         DOT_F32=_f32_dot_needed(w_dtype),
         PRECISION=dot_precision(allow_tf32, w_dtype),
+        ACT=act,
     )
     dw2 = torch.mm(do.t(), h)  # [C, Dc]
     dw1 = torch.mm(da.t(), y)  # [Dc, C]

@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastmixer.mix_args import check_norm_args
+
 from ._common import ln_row_stats, pick_configs
 
 
@@ -64,25 +66,16 @@ def _norm_pool_kernel(
     tl.store(out_ptr + b * C + offs_c, y.to(out_ptr.dtype.element_ty), mask=c_mask)
 
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def norm_pool_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) -> Tensor:
-    """mean over tokens of LayerNorm(x): x [B, S, C] contiguous fp32/fp16/bf16, ln_* [C] any float dtype ->
-    [B, C] in x's dtype. fp32 statistics and accumulation; one launch."""
-    if x.dim() != 3 or not x.is_contiguous() or x.dtype not in _FLOATS:
-        raise ValueError(f"norm_pool_fwd: x must be a contiguous float [B, S, C] tensor, got {x.dtype} "
-                         f"{tuple(x.shape)} with strides {x.stride()}")  # fmt: skip
+    """mean over tokens of LayerNorm(x): x [B, S, C] fp32/fp16/bf16 (S >= 1), ln_* [C] any of those dtypes ->
+    [B, C] in x's dtype (fastmixer.mix_args has the contract; a non-dense x is copied dense). fp32 statistics and
+    accumulation; one launch."""
+    check_norm_args("norm_pool_fwd", x, ln_weight, ln_bias, eps=eps, kernel=True, mixed=True)
+    x = x.contiguous()
     B, S, C = x.shape
-    for name, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
-        if t.shape != (C,) or t.device != x.device or t.dtype not in _FLOATS:
-            raise ValueError(f"norm_pool_fwd: {name} must be a float [{C}] tensor on {x.device}, got {t.dtype} "
-                             f"{tuple(t.shape)} on {t.device}")  # fmt: skip
     out = torch.empty((B, C), dtype=x.dtype, device=x.device)
     if B == 0 or C == 0:
         return out
-    if S == 0:
-        raise ValueError("norm_pool_fwd: the mean over zero tokens (S = 0) is undefined")
 
     def grid(meta):
         return (B, triton.cdiv(C, meta["BLOCK_C"]))

@@ -6,7 +6,7 @@ C contiguous, so no transposed copy of x is ever materialised):
     mu[s]   = mean_c x_b[s, c]                     rstd[s] = 1 / sqrt(mean_c (x_b[s, c] - mu[s])^2 + eps)
     Y[s, c] = (x_b[s, c] - mu[s]) * rstd[s] * g[c] + beta[c]      -> round to W     Y = LN(x_b)          [S, C]
     A[d, c] = sum_s W1[d, s] * Y[s, c] + b1[d]                    (fp32 acc)        A = W1 Y + b1        [Dt, C]
-    H[d, c] = GELU_erf(A[d, c])  (fp32)                           -> round to W
+    H[d, c] = GELU(A[d, c])  (fp32; exact erf, or tanh under ACT) -> round to W
     O[s, c] = sum_d W2[s, d] * H[d, c] + b2[s]                    (fp32 acc)        O = W2 H + b2        [S, C]
     u[b, s, c] = x_b[s, c] + s[b] * O[s, c]                       (fp32, one rounding at the store, promote(X, W))
 
@@ -48,9 +48,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_erf, ln_row_stats, pick_configs
+from fastmixer.kernels._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
+from fastmixer.mix_args import MixArgs, check_mix_args
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _STATS_BLOCK_R = 8  # token rows per stats program
 _STATS_MAX_K = 512  # channel chunk of the stats pass: [8, 512] fp32 = 32 registers/thread at 4 warps
 
@@ -146,6 +146,7 @@ def _token_mix_fwd_kernel(
     # exact products + fp32 accumulation, what the GPU's bf16 MMA computes. Off on GPU.
     INTERP_BF16: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 operands
+    ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     pid = tl.program_id(0)
     n_ct = tl.cdiv(C, BLOCK_C)
@@ -189,7 +190,7 @@ def _token_mix_fwd_kernel(
                 a = tl.dot(w1.to(dot_dtype), yk, a, input_precision=DOT_PRECISION)
         a += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[:, None]  # [BLOCK_D, BLOCK_C] fp32
         # GELU in fp32, rounded to W as torch stores the activation; padded hidden units: a = 0 -> h = 0.
-        h = _round_w(gelu_erf(a), w_dtype, INTERP_BF16)
+        h = _round_w(gelu(a, ACT), w_dtype, INTERP_BF16)
         w2 = tl.load(W2 + offs_s[:, None] * DT + offs_d[None, :], mask=smask[:, None] & dmask[None, :], other=0.0)
         # acc += W2[:, d-chunk] H[d-chunk, c-tile]: [S_PAD, BLOCK_D] @ [BLOCK_D, BLOCK_C]
         acc = tl.dot(w2.to(dot_dtype), h, acc, input_precision=DOT_PRECISION)
@@ -259,49 +260,6 @@ def _stats_block_k(C: int) -> int:
     return min(_STATS_MAX_K, max(16, triton.next_power_of_2(C)))
 
 
-def _check(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    w1: Tensor,
-    b1: Tensor,
-    w2: Tensor,
-    b2: Tensor,
-    branch_scale: Tensor | None,
-) -> None:
-    if x.dim() != 3 or not x.is_contiguous():
-        raise ValueError(f"token_mix_fwd: x must be a contiguous [B, S, C] tensor, got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"token_mix_fwd: x must be float32/float16/bfloat16, got {x.dtype}")
-    B, S, C = x.shape
-    Dt = w1.shape[0] if w1.dim() == 2 else 0
-    expected = {
-        "ln_weight": (ln_weight, (C,)),
-        "ln_bias": (ln_bias, (C,)),
-        "fc1_weight": (w1, (Dt, S)),
-        "fc1_bias": (b1, (Dt,)),
-        "fc2_weight": (w2, (S, Dt)),
-        "fc2_bias": (b2, (S,)),
-    }
-    if branch_scale is not None:
-        expected["branch_scale"] = (branch_scale, (B,))
-    for name, (t, shape) in expected.items():
-        if Dt < 1 or tuple(t.shape) != shape:
-            raise ValueError(
-                f"token_mix_fwd: {name} must have shape {shape} for x {tuple(x.shape)}, got {tuple(t.shape)}"
-            )
-        if not t.is_contiguous():
-            raise ValueError(f"token_mix_fwd: {name} must be contiguous")
-        if not t.is_floating_point():
-            raise TypeError(f"token_mix_fwd: {name} must be floating point, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"token_mix_fwd: {name} is on {t.device} but x is on {x.device}")
-    if w1.dtype not in _FLOAT_DTYPES or w2.dtype != w1.dtype:
-        raise TypeError(f"token_mix_fwd: fc1/fc2 weights must share one float dtype, got {w1.dtype}, {w2.dtype}")
-    if w1.dtype != x.dtype and x.dtype != torch.float32:
-        raise TypeError(f"token_mix_fwd: weights {w1.dtype} with x {x.dtype}: mixed dtypes need fp32 x (autocast)")
-
-
 def token_mix_fwd(
     x: Tensor,
     ln_weight: Tensor,
@@ -314,16 +272,20 @@ def token_mix_fwd(
     *,
     eps: float,
     allow_tf32: bool,
+    act: str = "gelu",
     route: str | None = None,
 ) -> Tensor:
-    """Fused token mixing: x [B, S, C] (fp32/fp16/bf16, contiguous); ln_* [C]; fc1_weight [Dt, S], fc1_bias [Dt],
-    fc2_weight [S, Dt], fc2_bias [S] in the matmul dtype W; branch_scale None or [B].
+    """Fused token mixing: x [B, S, C] (fp32/fp16/bf16); ln_* [C]; fc1_weight [Dt, S], fc1_bias [Dt],
+    fc2_weight [S, Dt], fc2_bias [S] in the matmul dtype W; branch_scale None or [B] (fastmixer.mix_args has the
+    contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
     Returns u = x + s * (W2 GELU(W1 LN(x)^T + b1) + b2)^T as a new contiguous [B, S, C] in promote(X, W).
     Two launches: per-token LN stats, then LN + fc1 + GELU + fc2 + biases + scale + residual fused.
     route: None picks by dtype ("fma" for fp32 at ieee precision, else "mma"); tests force one to cover both."""
     if route not in (None, *_ROUTES):
         raise ValueError(f"token_mix_fwd: route must be one of {_ROUTES} or None, got {route!r}")
-    _check(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    check_mix_args("token_mix_fwd", "token", args, eps=eps, act=act, kernel=True, mixed=True)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args.contiguous()
     B, S, C = x.shape
     Dt = fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype
@@ -357,6 +319,7 @@ def token_mix_fwd(
         HAS_SCALE=has_scale,
         INTERP_BF16=INTERPRET and w_dtype == torch.bfloat16,
         DOT_PRECISION=precision,
+        ACT=act,
     )
     return out
 

@@ -30,18 +30,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import dot_precision, pick_configs
+from fastmixer.kernels._common import dot_precision, gelu_and_grad, pick_configs
 from fastmixer.kernels.channel_mix_bwd import (
     _TL,
     SPEC_DTYPES,
     SPEC_SHAPES,
     _dot,
     _f32_dot_needed,
-    _gelu_and_grad,
     check_bwd_args,
     ln_backward,
     ln_prep,
 )
+from fastmixer.mix_args import MixArgs
 
 # Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes.
 _WGRAD_TARGET_PROGRAMS = 264
@@ -78,6 +78,7 @@ def _token_bwd_kernel(
     BLOCK_D: tl.constexpr,
     DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
+    ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     pid = tl.program_id(0)  # flattened (b, C-tile): B can exceed the 65535 limit of grid axes 1/2
     num_c = tl.cdiv(C, BLOCK_C)
@@ -101,7 +102,7 @@ def _token_bwd_kernel(
         w2t = tl.load(W2 + rs[None, :] * D + d[:, None], mask=wmask, other=0.0)  # [BD, S_PAD] = W2[s, d]^T
         a = _dot(w1, y, DOT_F32, PRECISION)  # [BD, BC] fp32
         a += tl.load(B1 + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
-        h, dgelu = _gelu_and_grad(a)
+        h, dgelu = gelu_and_grad(a, ACT)
         da = _dot(w2t, do, DOT_F32, PRECISION) * dgelu  # GELU backward in the dh epilogue
         da_w = da.to(DA.dtype.element_ty)  # rounded once: stored for dW1/db1 and fed to dy, as torch does
         omask = dmask[:, None] & cmask[None, :]
@@ -228,13 +229,14 @@ def token_mix_bwd(
     *,
     eps: float,
     allow_tf32: bool,
+    act: str = "gelu",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of token_mix: dout, x [B, S, C]; fc1_weight [Dt, S]; fc2_weight [S, Dt]; branch_scale [B] or None
-    -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
-    check_bwd_args(
-        "token_mix_bwd", dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, 1
-    )
-    dout = dout.contiguous()
+    """Gradients of token_mix: dout, x [B, S, C]; fc1_weight [Dt, S]; fc2_weight [S, Dt]; branch_scale [B] or None;
+    act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias),
+    each in its input's dtype."""
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    dout, args = check_bwd_args("token_mix_bwd", "token", dout, args, eps=eps, act=act)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     D = fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype
@@ -260,6 +262,7 @@ def token_mix_bwd(
         S_PAD=max(16, triton.next_power_of_2(S)),
         DOT_F32=_f32_dot_needed(w_dtype),
         PRECISION=dot_precision(allow_tf32, w_dtype),
+        ACT=act,
     )
     dw2, _ = _wgrad_launch(do, h, rowsum=False, allow_tf32=allow_tf32)  # [S, Dt]
     dw1, db1 = _wgrad_launch(da, y, rowsum=True, allow_tf32=allow_tf32)  # [Dt, S], [Dt]

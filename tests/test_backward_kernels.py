@@ -150,8 +150,14 @@ def test_bad_arguments():
         token_mix_bwd(dout, x, *params, None, eps=EPS, allow_tf32=False)  # channel-shaped weights for token mixing
     with pytest.raises(ValueError, match="branch_scale must have shape"):
         channel_mix_bwd(dout, x, *params, torch.ones(5, device=DEVICE), eps=EPS, allow_tf32=False)
-    with pytest.raises(TypeError, match="x must be float32/float16/bfloat16"):
+    with pytest.raises(TypeError, match="x must be floating point"):
         channel_mix_bwd(dout, x.to(torch.int32), *params, None, eps=EPS, allow_tf32=False)
+    with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 .*reference path"):
+        token_mix_bwd(dout, x.double(), *make_case("token", SHAPES[1])[2], None, eps=EPS, allow_tf32=False)
+    with pytest.raises(TypeError, match="dout must be float32/float16/bfloat16"):
+        channel_mix_bwd(dout.double(), x, *params, None, eps=EPS, allow_tf32=False)
+    with pytest.raises(ValueError, match="act must be one of"):
+        channel_mix_bwd(dout, x, *params, None, eps=EPS, allow_tf32=False, act="tanh")
     bad = list(params)
     bad[3] = bad[3].half()
     with pytest.raises(TypeError, match="fc1_bias must have fc1_weight's dtype"):

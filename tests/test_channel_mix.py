@@ -177,18 +177,32 @@ def test_opcheck(scaled):
 
 
 # ------------------------------------------------------------------------------------------------ launcher contract
-def test_launcher_rejects_what_it_relies_on():
+def test_launcher_rejects_what_it_cannot_run():
+    # The launcher runs the shared contract (fastmixer.mix_args) with the kernels' dtypes; tests/test_dtype_contract.py
+    # covers every refusal at the public ops on both backends.
     x, ln_w, ln_b, w1, b1, w2, b2 = make_inputs(1, 36, 40, 75)
-    with pytest.raises(ValueError, match="contiguous"):
-        run([x.transpose(1, 2).contiguous().transpose(1, 2), ln_w, ln_b, w1, b1, w2, b2])
-    with pytest.raises(ValueError, match="fc2_weight"):
+    with pytest.raises(ValueError, match="fc2_weight must have shape"):
         run([x, ln_w, ln_b, w1, b1, w2.t().contiguous(), b2])
-    with pytest.raises(TypeError, match="share one float dtype"):
+    with pytest.raises(TypeError, match="fc2_weight must have fc1_weight's dtype"):
         run([x, ln_w, ln_b, w1, b1, w2.half(), b2])
-    with pytest.raises(ValueError, match="fc1_bias"):
+    with pytest.raises(ValueError, match="fc1_bias must have shape"):
         run([x, ln_w, ln_b, w1, b1[:-1], w2, b2])
-    with pytest.raises(ValueError, match="branch_scale"):
+    with pytest.raises(ValueError, match="branch_scale must have shape"):
         run([x, ln_w, ln_b, w1, b1, w2, b2], torch.ones(2, device=DEVICE))
+    with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 .*reference path"):
+        run([x.double(), ln_w, ln_b, w1, b1, w2, b2])
+    with pytest.raises(ValueError, match="act must be one of"):
+        cm.channel_mix_fwd(x, ln_w, ln_b, w1, b1, w2, b2, None, eps=EPS, allow_tf32=False, act="relu")
+
+
+def test_launcher_takes_strided_inputs():
+    """Non-dense x, weights and LayerNorm parameters are copied dense, not refused."""
+    args = make_inputs(1, 36, 40, 75)
+    strided = [args[0].transpose(1, 2).contiguous().transpose(1, 2), *args[1:]]
+    strided[3] = args[3].t().contiguous().t()  # fc1_weight [Dc, C] with C strided
+    strided[1] = torch.stack([args[1], args[1]], 1)[:, 0]
+    assert not any(t.is_contiguous() for t in (strided[0], strided[1], strided[3]))
+    torch.testing.assert_close(run(strided), channel_mix_ref(*args, eps=EPS), **FP32_TOL)
 
 
 def test_empty_batch_returns_empty():

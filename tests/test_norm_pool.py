@@ -106,14 +106,20 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastmixer.norm_pool, (x, w, b, EPS))
 
 
-def test_launcher_rejects_what_it_relies_on():
+def test_launcher_contract():
+    # The shared contract (fastmixer.mix_args) with the kernels' dtypes: a non-dense x is copied dense, float64 and
+    # bad shapes are refused naming the argument.
     x, w, b = make_inputs(1, 36, 40)
-    with pytest.raises(ValueError, match="contiguous"):
-        npool.norm_pool_fwd(x.transpose(1, 2).contiguous().transpose(1, 2), w, b, eps=EPS)
-    with pytest.raises(ValueError, match="ln_bias"):
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    torch.testing.assert_close(npool.norm_pool_fwd(strided, w, b, eps=EPS), norm_pool_ref(x, w, b, eps=EPS), **FP32_TOL)
+    with pytest.raises(ValueError, match="ln_bias must have shape"):
         npool.norm_pool_fwd(x, w, b[:-1], eps=EPS)
     with pytest.raises(ValueError, match="S = 0"):
         npool.norm_pool_fwd(x[:, :0], w, b, eps=EPS)
+    with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 .*reference path"):
+        npool.norm_pool_fwd(x.double(), w, b, eps=EPS)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        npool.norm_pool_fwd(x, w, b, eps=-1.0)
 
 
 def test_gpu_build_specs_are_complete():

@@ -238,20 +238,37 @@ def test_empty_batch_launches_nothing():
 @pytest.mark.parametrize(
     "mutate, exc, match",
     [
-        (lambda a: a.update(x=a["x"].transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "contiguous"),
         (lambda a: a.update(fc1_weight=a["fc1_weight"][:, :-1].contiguous()), ValueError, "fc1_weight"),
         (lambda a: a.update(fc2_bias=a["fc2_bias"][:-1]), ValueError, "fc2_bias"),
         (lambda a: a.update(branch_scale=torch.ones(5, device=DEVICE)), ValueError, "branch_scale"),
-        (lambda a: a.update(x=a["x"].to(torch.int32)), TypeError, "float32"),
-        (lambda a: a.update(x=a["x"].half()), TypeError, "mixed"),
+        (lambda a: a.update(x=a["x"].to(torch.int32)), TypeError, "x must be floating point"),
+        (lambda a: a.update(x=a["x"].double()), TypeError, "x must be float32/float16/bfloat16 .*reference path"),
+        (lambda a: a.update(fc2_weight=a["fc2_weight"].half()), TypeError, "fc2_weight must have fc1_weight's dtype"),
+        (lambda a: a.update(ln_bias=a["ln_bias"].double()), TypeError, "ln_bias is torch.float64"),
     ],
-    ids=["noncontig", "fc1-shape", "fc2b-shape", "scale-shape", "int-x", "half-x-fp32-w"],
+    ids=["fc1-shape", "fc2b-shape", "scale-shape", "int-x", "fp64-x", "w-dtypes", "fp64-ln"],
 )
 def test_launcher_rejects_bad_input(mutate, exc, match):
+    # The launcher runs the shared contract (fastmixer.mix_args) with the kernels' dtypes; tests/test_dtype_contract.py
+    # covers every refusal at the public ops on both backends.
     args = make_inputs(3, 36, 40, 17)
     mutate(args)
     with pytest.raises(exc, match=match):
         run_ours(args)
+
+
+def test_launcher_takes_strided_and_mixed_dtype_inputs():
+    # Non-dense x / ln_weight are copied dense; fp16 x with fp32 weights (any mix the seam can hand over) runs, in
+    # promote(X, W) = fp32, on the fp16-rounded x.
+    args = make_inputs(3, 36, 40, 17)
+    strided = dict(args, x=args["x"].transpose(1, 2).contiguous().transpose(1, 2))
+    strided["ln_weight"] = torch.stack([args["ln_weight"], args["ln_weight"]], 1)[:, 0]
+    assert not strided["x"].is_contiguous() and not strided["ln_weight"].is_contiguous()
+    assert max_err(run_ours(strided), run_ref(args)) <= FP32_ATOL
+    mixed = dict(args, x=args["x"].half())
+    out = run_ours(mixed)
+    assert out.dtype == torch.float32
+    assert max_err(out, run_ref(dict(args, x=mixed["x"].float()))) <= FP32_ATOL
 
 
 def test_launcher_rejects_unknown_route():
