@@ -1,6 +1,9 @@
 """torch.compile(fullgraph=True) of a tiny, awkward Mixer (S = 36 tokens, C = 40, 2 blocks, batch 3): one graph, no
 break, the fastmixer:: custom ops kept as opaque nodes, and compiled == eager in fp32 (forward with aot_eager and
-inductor on the triton backend, inductor on the reference backend; backward with aot_eager)."""
+inductor on the triton backend, inductor on the reference backend; backward with aot_eager), with exact and
+tanh-approximate GELU."""
+
+from functools import partial
 
 import pytest
 import torch
@@ -13,8 +16,10 @@ from fastmixer.launches import count_launches
 NUM_BLOCKS, EMBED, IMG, PATCH, BATCH = 2, 40, 42, 7, 3  # 42 / 7 = 6 -> S = 36
 
 
-def _model() -> fastmixer.MlpMixer:
-    model = fastmixer.MlpMixer(num_classes=5, img_size=IMG, patch_size=PATCH, num_blocks=NUM_BLOCKS, embed_dim=EMBED)
+def _model(**kwargs) -> fastmixer.MlpMixer:
+    model = fastmixer.MlpMixer(
+        num_classes=5, img_size=IMG, patch_size=PATCH, num_blocks=NUM_BLOCKS, embed_dim=EMBED, **kwargs
+    )
     assert model.stem.num_patches == 36
     return randomize_(model).to(DEVICE).eval()
 
@@ -85,3 +90,19 @@ def test_compiled_backward_matches_eager(triton_backend, inductor_cache):
     assert eager.keys() == compiled.keys()
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_tanh_gelu_one_node_per_op(triton_backend, inductor_cache):
+    """act_layer=nn.GELU(approximate="tanh"): still one graph with one opaque node per fused op, each carrying
+    act="gelu_tanh"; the inductor-compiled forward agrees with eager to 1e-5."""
+    model, x = _model(act_layer=partial(torch.nn.GELU, approximate="tanh")), _images()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+        graph = explained.graphs[0]
+        assert _fastmixer_ops(graph) == {"token_mix": NUM_BLOCKS, "channel_mix": NUM_BLOCKS, "norm_pool": 1}
+        acts = [n.args[-1] for n in graph.graph.nodes if n.op == "call_function" and "_mix" in str(n.target)]
+        assert acts == ["gelu_tanh"] * (2 * NUM_BLOCKS), acts
+        eager = model(x)
+        compiled = torch.compile(model, backend="inductor", fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
