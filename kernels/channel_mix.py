@@ -26,7 +26,7 @@ from torch import Tensor
 from fastmixer.mix_args import MixArgs, check_mix_args
 
 from ._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
-from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Ptr, Shape, SpecSet
+from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 
 # ------------------------------------------------------------------------------------------------ shared jit helpers
@@ -271,61 +271,30 @@ def channel_mix_fwd(
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
-_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-# (x dtype, weight dtype, allow_tf32): the three plain dtypes, fp32 under tf32, and autocast's fp32 residual with
-# bf16 GEMMs.
-_BUILD_CASES = [
-    (torch.float32, torch.float32, False),
-    (torch.float32, torch.float32, True),
-    (torch.float16, torch.float16, False),
-    (torch.bfloat16, torch.bfloat16, False),
-    (torch.float32, torch.bfloat16, False),
-]
-# Shapes: M, N, K, S are runtime i32 arguments, so one build serves Mixer-B/16 (C=768, Dc=3072), L/16 (1024, 4096)
-# and H/14 (1280, 5120) alike; they enter only through the divisibility-by-16 hints in "attrs", the same for all three
-# (C and Dc are multiples of 16; M = B * S is one for B a multiple of 4).
-
-
-def _spec(name, kernel, types: dict[str, str], constexprs: dict, cfg: triton.Config) -> dict:
-    fn = kernel.fn  # the JITFunction under the Autotuner
-    constexprs = {**constexprs, **cfg.kwargs}
-    signature = {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
-    # tt.divisibility 16 on every pointer and on M, N, K (multiples of 16 at the model shapes; S = 196 is not)
-    hinted = [i for i, a in enumerate(fn.arg_names) if a.endswith("_ptr") or a in ("M", "N", "K")]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
-    return {
-        "name": name,
-        "fn": fn,
-        "signature": signature,
-        "constexprs": constexprs,
-        "attrs": attrs,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-    }
+def spec_cases() -> list[Case]:
+    """The launches the AOT builds cover: every dtype route at every model shape without drop-path (inference, and
+    training at drop_path_rate 0), the drop-path epilogue and the tanh-approximate GELU at B/16 bf16."""
+    cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in MODEL_SHAPES]
+    return [*cases, Case("bf16", MODEL_SHAPES[0], scale=True), Case("bf16", MODEL_SHAPES[0], act="gelu_tanh")]
 
 
 def gpu_build_specs() -> list[dict]:
-    """One spec per (kernel, autotune config, dtype) for the sm_90/sm_80 build test: exactly the configs the GPU
-    autotuner keeps after the early prune for that dtype (and precision: fp32 builds both "ieee" and "tf32").
-
-    Keys: name, fn (JITFunction), signature (arg -> triton type / "constexpr"), constexprs, num_warps, num_stages, and
-    attrs (divisibility hints as the JIT derives them at the Mixer-B/16, L/16, H/14 shapes; optional for ASTSource).
-    """
-    specs = []
-    for x_dt, w_dt, tf32 in _BUILD_CASES:
-        tx, tw, to = _TL[x_dt], _TL[w_dt], _TL[torch.promote_types(x_dt, w_dt)]
+    """One spec per distinct (kernel, autotune config the early prune keeps, dtype route, specialisation) at the
+    model shapes (kernels/_specs.py). M = B * S, N and K are runtime ints: shapes differ only in their divisibility."""
+    specs = SpecSet("channel_mix")
+    for case in spec_cases():
+        route, shape = case.tag, case.shape
+        x_dt, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        x, ln, w = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt)
+        out = Ptr(torch.promote_types(x_dt, w_dt))
         prec = dot_precision(tf32, w_dt)
-        tag = (tw if x_dt == w_dt else f"x{tx}-w{tw}") + ("-tf32" if tf32 else "")
-        sx, sw = x_dt.itemsize, w_dt.itemsize
-        ints = {"M": "i32", "N": "i32", "K": "i32"}
-        fc1_types = {"x_ptr": f"*{tx}", "ln_w_ptr": "*fp32", "ln_b_ptr": "*fp32", "w1_ptr": f"*{tw}",
-                     "b1_ptr": f"*{tw}", "h_ptr": f"*{tw}", **ints, "eps": "fp32"}  # fmt: skip
-        fc2_types = {"h_ptr": f"*{tw}", "w2_ptr": f"*{tw}", "b2_ptr": f"*{tw}", "scale_ptr": "*fp32",
-                     "x_ptr": f"*{tx}", "out_ptr": f"*{to}", **ints, "S": "i32"}  # fmt: skip
-        const = {"INPUT_PRECISION": prec, "DOT_F32": False}
-        for i, cfg in _gpu_configs(sx, sw, prec):
-            specs.append(_spec(f"channel_mix.ln_fc1_gelu[{tag},cfg{i}]", _ln_fc1_gelu_kernel, fc1_types, const, cfg))
-        for i, cfg in _gpu_configs(sw, sw, prec):
-            specs.append(_spec(f"channel_mix.fc2_residual[{tag},cfg{i}]", _fc2_residual_kernel, fc2_types,
-                               {**const, "HAS_SCALE": True}, cfg))  # fmt: skip
-    return specs
+        M, C, Dc = shape.M, shape.C, shape.DC
+        fc1 = dict(x_ptr=x, ln_w_ptr=ln, ln_b_ptr=ln, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, eps=1e-6,
+                   INPUT_PRECISION=prec, DOT_F32=False, ACT=case.act)  # fmt: skip
+        fc2 = dict(h_ptr=w, w2_ptr=w, b2_ptr=w, scale_ptr=Ptr(x_dt), x_ptr=x, out_ptr=out, M=M, N=C, K=Dc, S=shape.S,
+                   HAS_SCALE=case.scale, INPUT_PRECISION=prec, DOT_F32=False)  # fmt: skip
+        for i, cfg in _gpu_configs(x_dt.itemsize, w_dt.itemsize, prec):
+            specs.add(_ln_fc1_gelu_kernel, route, shape, fc1, cfg, config_index=i)
+        for i, cfg in _gpu_configs(w_dt.itemsize, w_dt.itemsize, prec):
+            specs.add(_fc2_residual_kernel, route, shape, fc2, cfg, config_index=i)
+    return specs.specs()

@@ -31,6 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, pick_configs
+from fastmixer.kernels._specs import ROUTE_DTYPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.mix_args import MixArgs, check_mix_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
@@ -427,118 +428,44 @@ def channel_mix_bwd(
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
-# Mixer variants at real block shapes: (name, tokens S, channels C, token hidden Dt, channel hidden Dc).
-SPEC_SHAPES = (("B16", 196, 768, 384, 3072), ("L16", 196, 1024, 512, 4096), ("H14", 256, 1280, 640, 5120))
-SPEC_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_TL = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+def spec_cases() -> list[Case]:
+    """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
+    drop-path, with it for bf16 and autocast, and the tanh-approximate GELU at B/16 bf16."""
+    cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
+    cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
+    return [*cases, Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh")]
+
+
+def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, row_sum: bool, dy_dtype: torch.dtype) -> None:
+    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd (row_sum, fp32 dy) call them."""
+    route, shape, scale = case.tag, case.shape, case.scale
+    x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
+    dout_dt = torch.promote_types(x_dt, w_dt)
+    x, ln, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(torch.float32)
+    write_do = scale or dout_dt != w_dt
+    rpp, _, block_r, block_c, warps = _row_launch(shape.M, shape.C)
+    prep = dict(X=x, DOUT=Ptr(dout_dt), SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt), DO=Ptr(w_dt if write_do else dout_dt),
+                MEAN=f32, RSTD=f32, DO_COLSUM=f32, DO_ROWSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp,
+                eps=1e-6, BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
+                ROW_SUM=row_sum, num_warps=warps)  # fmt: skip
+    specs.add(_ln_prep_kernel, route, shape, prep)
+    bwd = dict(X=x, DY=Ptr(dy_dtype), DOUT=Ptr(dout_dt), LN_W=ln, MEAN=f32, RSTD=f32, DX=x, DG_PART=f32, DB_PART=f32,
+               M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)  # fmt: skip
+    specs.add(_ln_bwd_kernel, route, shape, bwd)
 
 
 def gpu_build_specs() -> list[dict]:
-    """One dict per (kernel, config, dtype) for the ahead-of-time sm_90/sm_80 build tests. Only BLOCK_C of the row
-    kernels depends on the model shape (B/16 and L/16 share BLOCK_C=1024; H/14 needs 2048); M, C, D are runtime."""
-    specs = []
-    for tag, dtype in SPEC_DTYPES.items():
-        w = "*" + _TL[dtype]
-        seen = set()
-        for variant, _, C, _, _ in SPEC_SHAPES:
-            block_c = triton.next_power_of_2(C)
-            if block_c in seen:
-                continue
-            seen.add(block_c)
-            block_r, warps = _row_tile(block_c)
-            specs.append(
-                dict(
-                    name=f"channel_mix_bwd.ln_prep[{tag},{variant}]",
-                    fn=_ln_prep_kernel,
-                    signature={
-                        "X": "*fp32",
-                        "DOUT": "*fp32",
-                        "SCALE": "*fp32",
-                        "LN_W": "*fp32",
-                        "LN_B": "*fp32",
-                        "Y": w,
-                        "DO": w,
-                        "MEAN": "*fp32",
-                        "RSTD": "*fp32",
-                        "DO_COLSUM": "*fp32",
-                        "DO_ROWSUM": "*fp32",
-                        "M": "i32",
-                        "C": "i32",
-                        "S": "i32",
-                        "rows_per_prog": "i32",
-                        "eps": "fp32",
-                        "BLOCK_R": "constexpr",
-                        "BLOCK_C": "constexpr",
-                        "HAS_SCALE": "constexpr",
-                        "WRITE_DO": "constexpr",
-                        "COL_SUM": "constexpr",
-                        "ROW_SUM": "constexpr",
-                    },
-                    constexprs=dict(
-                        BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=True, WRITE_DO=True, COL_SUM=True, ROW_SUM=True
-                    ),
-                    num_warps=warps,
-                    num_stages=1,
-                )
-            )
-            specs.append(
-                dict(
-                    name=f"channel_mix_bwd.ln_bwd[{tag},{variant}]",
-                    fn=_ln_bwd_kernel,
-                    signature={
-                        "X": "*fp32",
-                        "DY": w,
-                        "DOUT": "*fp32",
-                        "LN_W": "*fp32",
-                        "MEAN": "*fp32",
-                        "RSTD": "*fp32",
-                        "DX": "*fp32",
-                        "DG_PART": "*fp32",
-                        "DB_PART": "*fp32",
-                        "M": "i32",
-                        "C": "i32",
-                        "rows_per_prog": "i32",
-                        "BLOCK_R": "constexpr",
-                        "BLOCK_C": "constexpr",
-                    },
-                    constexprs=dict(BLOCK_R=block_r, BLOCK_C=block_c),
-                    num_warps=warps,
-                    num_stages=1,
-                )
-            )
-        for i, cfg in enumerate(_dual_configs(dtype == torch.float32)):
-            specs.append(
-                dict(
-                    name=f"channel_mix_bwd.dual_gemm[{tag},cfg{i}]",
-                    fn=_dual_gemm_kernel,
-                    signature={
-                        "Y": w,
-                        "DO": w,
-                        "W1": w,
-                        "B1": w,
-                        "W2": w,
-                        "H": w,
-                        "DA": w,
-                        "DB1_PART": "*fp32",
-                        "M": "i32",
-                        "C": "i32",
-                        "D": "i32",
-                        "BLOCK_M": "constexpr",
-                        "BLOCK_N": "constexpr",
-                        "BLOCK_K": "constexpr",
-                        "GROUP_M": "constexpr",
-                        "DOT_F32": "constexpr",
-                        "PRECISION": "constexpr",
-                    },
-                    constexprs=dict(
-                        BLOCK_M=DUAL_BLOCK_M,
-                        GROUP_M=8,
-                        DOT_F32=False,
-                        PRECISION=dot_precision(True, dtype),
-                        **cfg.kwargs,
-                    ),
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                )
-            )
-    return specs
+    """One spec per distinct (kernel, autotune config, dtype route, specialisation) at the shapes of spec_cases()
+    (kernels/_specs.py derives signature and divisibility as the JIT does)."""
+    specs = SpecSet("channel_mix_bwd")
+    for case in spec_cases():
+        route, shape = case.tag, case.shape
+        _, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        add_row_kernel_specs(specs, case, col_sum=True, row_sum=False, dy_dtype=w_dt)
+        w = Ptr(w_dt)
+        dual = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DB1_PART=Ptr(torch.float32), M=shape.M, C=shape.C,
+                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, DOT_F32=False,
+                    PRECISION=dot_precision(tf32, w_dt), ACT=case.act)  # fmt: skip
+        for i, cfg in enumerate(_dual_configs(w_dt == torch.float32)):
+            specs.add(_dual_gemm_kernel, route, shape, dual, cfg, config_index=i)
+    return specs.specs()

@@ -19,6 +19,7 @@ from torch import Tensor
 from fastmixer.mix_args import check_norm_args
 
 from ._common import ln_row_stats, pick_configs
+from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 
 def _configs() -> list[triton.Config]:
@@ -84,28 +85,20 @@ def norm_pool_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) 
     return out
 
 
-def gpu_build_specs() -> list[dict]:
-    """One spec per (autotune config, dtype) for the sm_90/sm_80 build test (keys as in channel_mix.gpu_build_specs).
+# ------------------------------------------------------------------------------------------------ AOT build specs
+def spec_cases() -> list[Case]:
+    """The launches the AOT builds cover: the model dtypes at every model shape."""
+    return [Case(route, shape) for route in ("fp32", "fp16", "bf16") for shape in MODEL_SHAPES]
 
-    S and C are runtime i32 arguments, so one build serves Mixer-B/16 (S=196, C=768), L/16 (196, 1024) and H/14
-    (256, 1280); "attrs" carries the divisibility-by-16 hints the JIT derives there (pointers and C; S = 196 is not).
-    """
-    fn = _norm_pool_kernel.fn
-    specs = []
-    for dt in ("fp32", "fp16", "bf16"):
-        types = {"x_ptr": f"*{dt}", "ln_w_ptr": "*fp32", "ln_b_ptr": "*fp32", "out_ptr": f"*{dt}", "S": "i32",
-                 "C": "i32", "eps": "fp32"}  # fmt: skip
+
+def gpu_build_specs() -> list[dict]:
+    """One spec per distinct (autotune config, dtype, specialisation) at the model shapes (kernels/_specs.py)."""
+    specs = SpecSet("norm_pool")
+    for case in spec_cases():
+        route, shape = case.route, case.shape
+        x = Ptr(ROUTE_DTYPES[route][0])
+        ln = Ptr(ROUTE_DTYPES[route][1])
+        args = dict(x_ptr=x, ln_w_ptr=ln, ln_b_ptr=ln, out_ptr=x, S=shape.S, C=shape.C, eps=1e-6)
         for i, cfg in enumerate(_configs()):
-            signature = {a: ("constexpr" if a in cfg.kwargs else types[a]) for a in fn.arg_names}
-            hinted = [j for j, a in enumerate(fn.arg_names) if a.endswith("_ptr") or a == "C"]
-            attrs = {(j,): [["tt.divisibility", 16]] for j in hinted}
-            specs.append({
-                "name": f"norm_pool[{dt},cfg{i}]",
-                "fn": fn,
-                "signature": signature,
-                "constexprs": dict(cfg.kwargs),
-                "attrs": attrs,
-                "num_warps": cfg.num_warps,
-                "num_stages": cfg.num_stages,
-            })  # fmt: skip
-    return specs
+            specs.add(_norm_pool_kernel, route, shape, args, cfg, config_index=i)
+    return specs.specs()

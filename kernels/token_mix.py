@@ -49,6 +49,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
+from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.mix_args import MixArgs, check_mix_args
 
 _STATS_BLOCK_R = 8  # token rows per stats program
@@ -325,69 +326,34 @@ def token_mix_fwd(
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
-# Mixer variants at 224 px: (S, C, Dt). S and S_PAD are constexprs; C and Dt are runtime ints (divisible by 16).
-_MODEL_SHAPES = {"B16": (196, 768, 384), "L16": (196, 1024, 512), "H14": (256, 1280, 640)}
-_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-# (tag, X, W, allow_tf32, variants): the routes the model runs. Plain bf16 and fp32 (FMA route) at every shape; fp16,
-# fp32-as-tf32 and autocast (fp32 residual stream, bf16 matmuls) compile to the same tiles as bf16 and are built at
-# B/16-L/16 only, to keep the AOT build test short.
-_BUILD_CASES = [
-    ("bf16", torch.bfloat16, torch.bfloat16, False, ("B16", "L16", "H14")),
-    ("fp32", torch.float32, torch.float32, False, ("B16", "L16", "H14")),
-    ("fp16", torch.float16, torch.float16, False, ("B16", "L16")),
-    ("fp32-tf32", torch.float32, torch.float32, True, ("B16", "L16")),
-    ("fp32+bf16", torch.float32, torch.bfloat16, False, ("B16", "L16")),
-]
+def spec_cases() -> list[Case]:
+    """The launches the AOT builds cover: every dtype route at every model shape without drop-path, the drop-path
+    epilogue and the tanh-approximate GELU at B/16 bf16, and bf16 / fp32 at every other supported token count (S is a
+    constexpr here, so each S is its own build)."""
+    cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in MODEL_SHAPES]
+    cases += [Case("bf16", MODEL_SHAPES[0], scale=True), Case("bf16", MODEL_SHAPES[0], act="gelu_tanh")]
+    return cases + [Case(route, shape) for route in ("bf16", "fp32") for shape in TOKEN_SHAPES]
 
 
 def gpu_build_specs() -> list[dict]:
-    """Ahead-of-time build specs for the gpu_build tests: one dict per distinct compiled kernel, i.e. per (kernel,
-    autotune config, dtype route, S), at Mixer-B/16, L/16 and H/14 shapes (B/16 and L/16 share S = 196 and so one
-    spec, named after both). Keys: name, fn (the triton.JITFunction), signature, constexprs, num_warps, num_stages,
-    attrs (the divisibility the JIT launcher specialises on: pass it to ASTSource to build the code that runs)."""
-    specs: dict[tuple, dict] = {}
-
-    def add(kernel: str, tag: str, variant: str, fn, sig: dict, const: dict, warps: int, stages: int) -> None:
-        sig = {**sig, **{k: "constexpr" for k in const}}
-        key = (kernel, tag, tuple(sig.items()), tuple(sorted(const.items())), warps, stages)
-        spec = specs.setdefault(key, dict(kernel=kernel, tag=tag, variants=[], fn=fn, signature=sig, constexprs=const,
-                                          num_warps=warps, num_stages=stages))  # fmt: skip
-        if variant not in spec["variants"]:
-            spec["variants"].append(variant)
-
-    for tag, x_dt, w_dt, tf32, variants in _BUILD_CASES:
-        xs, ws, outs = _TL[x_dt], _TL[w_dt], _TL[torch.promote_types(x_dt, w_dt)]
+    """One spec per distinct (kernel, autotune config, dtype route, specialisation) at the shapes of spec_cases()
+    (kernels/_specs.py derives signature and divisibility as the JIT does). Token counts outside the 224 px model
+    shapes are must_fit=False: reported by the build tests and the kernel report, not yet required to fit."""
+    specs = SpecSet("token_mix")
+    model = {shape.label for shape in MODEL_SHAPES}
+    for case in spec_cases():
+        route, shape = case.tag, case.shape
+        x_dt, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        x, ln, w, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt), Ptr(torch.float32)
+        must_fit = shape.label in model
+        stats = dict(X=x, STATS=f32, N_ROWS=shape.M, C=shape.C, eps=1e-6, BLOCK_R=_STATS_BLOCK_R,
+                     BLOCK_K=_stats_block_k(shape.C))  # fmt: skip
+        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": 4}, must_fit=must_fit)
         precision = dot_precision(tf32, w_dt)
-        for variant in variants:
-            S, C, _ = _MODEL_SHAPES[variant]
-            stats_sig = {"X": f"*{xs}", "STATS": "*fp32", "N_ROWS": "i32", "C": "i32", "eps": "fp32"}
-            stats_const = {"BLOCK_R": _STATS_BLOCK_R, "BLOCK_K": _stats_block_k(C)}
-            add("token_stats", xs, variant, _token_stats_kernel, stats_sig, stats_const, 4, 3)
-            sig = {"X": f"*{xs}", "STATS": "*fp32", "LN_W": "*fp32", "LN_B": "*fp32", "W1": f"*{ws}", "B1": f"*{ws}",
-                   "W2": f"*{ws}", "B2": f"*{ws}", "SCALE": f"*{xs}", "OUT": f"*{outs}", "N_ROWS": "i32",
-                   "C": "i32", "DT": "i32"}  # fmt: skip
-            for i, cfg in enumerate(_route_configs(_default_route(w_dt, precision), w_dt)):
-                const = {"S": S, "S_PAD": _s_pad(S), **cfg.kwargs, "HAS_SCALE": True, "INTERP_BF16": False,
-                         "DOT_PRECISION": precision}  # fmt: skip
-                add("token_mix", f"{tag},cfg{i}", variant, _token_mix_fwd_kernel, sig, const, cfg.num_warps,
-                    cfg.num_stages)  # fmt: skip
-    return [
-        {
-            "name": f"{s['kernel']}[{s['tag']},{'/'.join(s['variants'])}]",
-            **{k: s[k] for k in ("fn", "signature", "constexprs", "num_warps", "num_stages")},
-            "attrs": _divisibility_attrs(s["fn"], s["signature"]),
-        }
-        for s in specs.values()
-    ]
-
-
-def _divisibility_attrs(fn, signature: dict) -> dict:
-    """ASTSource attrs as the JIT launcher specialises them at these shapes: every pointer 16-byte aligned (torch
-    allocations) and every int argument but N_ROWS divisible by 16 (C, DT of Mixer-S/B/L/H). Without them an AOT build
-    assumes unaligned scalar loads, which is not the code that runs."""
-    div = [["tt.divisibility", 16]]
-    return {
-        (fn.arg_names.index(name),): div
-        for name, ty in signature.items()
-        if ty.startswith("*") or (ty == "i32" and name != "N_ROWS")
-    }
+        args = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, W2=w, B2=w, SCALE=x,
+                    OUT=Ptr(torch.promote_types(x_dt, w_dt)), N_ROWS=shape.M, C=shape.C, DT=shape.DT, S=shape.S,
+                    S_PAD=_s_pad(shape.S), HAS_SCALE=case.scale, INTERP_BF16=False, DOT_PRECISION=precision,
+                    ACT=case.act)  # fmt: skip
+        for i, cfg in enumerate(_route_configs(_default_route(w_dt, precision), w_dt)):
+            specs.add(_token_mix_fwd_kernel, route, shape, args, cfg, config_index=i, must_fit=must_fit)
+    return specs.specs()

@@ -31,12 +31,11 @@ import triton.language as tl
 from torch import Tensor
 
 from fastmixer.kernels._common import dot_precision, gelu_and_grad, pick_configs
+from fastmixer.kernels._specs import ROUTE_DTYPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.kernels.channel_mix_bwd import (
-    _TL,
-    SPEC_DTYPES,
-    SPEC_SHAPES,
     _dot,
     _f32_dot_needed,
+    add_row_kernel_specs,
     check_bwd_args,
     ln_backward,
     ln_prep,
@@ -278,68 +277,40 @@ def token_mix_bwd(
     )
 
 
+# ------------------------------------------------------------------------------------------------ AOT build specs
+def spec_cases() -> list[Case]:
+    """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
+    drop-path, with it for bf16 and autocast, the tanh-approximate GELU at B/16 bf16, and bf16 / fp32 at every other
+    supported token count (S_PAD is a constexpr of the main kernel)."""
+    cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
+    cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
+    cases.append(Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh"))
+    return cases + [Case(route, shape) for route in ("bf16", "fp32") for shape in TOKEN_SHAPES]
+
+
 def gpu_build_specs() -> list[dict]:
-    """One dict per (kernel, config, dtype) for the ahead-of-time sm_90/sm_80 build tests. S_PAD of the main kernel is
-    the only shape-dependent constexpr (256 for B/16, L/16 (S=196) and H/14 (S=256)); the wgrad kernel has none."""
-    specs = []
-    for tag, dtype in SPEC_DTYPES.items():
-        w = "*" + _TL[dtype]
-        precision = dot_precision(True, dtype)
-        for s_pad in sorted({max(16, triton.next_power_of_2(s)) for _, s, _, _, _ in SPEC_SHAPES}):
-            variants = "/".join(v for v, s, _, _, _ in SPEC_SHAPES if triton.next_power_of_2(s) == s_pad)
-            for i, cfg in enumerate(_token_configs(dtype == torch.float32)):
-                specs.append(
-                    dict(
-                        name=f"token_mix_bwd.main[{tag},{variants},cfg{i}]",
-                        fn=_token_bwd_kernel,
-                        signature={
-                            "Y": w,
-                            "DO": w,
-                            "W1": w,
-                            "B1": w,
-                            "W2": w,
-                            "H": w,
-                            "DA": w,
-                            "DY": "*fp32",
-                            "S": "i32",
-                            "C": "i32",
-                            "D": "i32",
-                            "S_PAD": "constexpr",
-                            "BLOCK_C": "constexpr",
-                            "BLOCK_D": "constexpr",
-                            "DOT_F32": "constexpr",
-                            "PRECISION": "constexpr",
-                        },
-                        constexprs=dict(S_PAD=s_pad, DOT_F32=False, PRECISION=precision, **cfg.kwargs),
-                        num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages,
-                    )
-                )
-        for i, cfg in enumerate(_wgrad_configs()):
-            specs.append(
-                dict(
-                    name=f"token_mix_bwd.wgrad[{tag},cfg{i}]",
-                    fn=_wgrad_kernel,
-                    signature={
-                        "A": w,
-                        "BM": w,
-                        "OUT": "*fp32",
-                        "ROWSUM": "*fp32",
-                        "NB": "i32",
-                        "P": "i32",
-                        "Q": "i32",
-                        "K": "i32",
-                        "b_per_split": "i32",
-                        "BLOCK_P": "constexpr",
-                        "BLOCK_Q": "constexpr",
-                        "BLOCK_K": "constexpr",
-                        "HAS_ROWSUM": "constexpr",
-                        "DOT_F32": "constexpr",
-                        "PRECISION": "constexpr",
-                    },
-                    constexprs=dict(HAS_ROWSUM=True, DOT_F32=False, PRECISION=precision, **cfg.kwargs),
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                )
-            )
-    return specs
+    """One spec per distinct (kernel, autotune config, dtype route, specialisation) at the shapes of spec_cases()
+    (kernels/_specs.py derives signature and divisibility as the JIT does). Token counts outside the 224 px model
+    shapes are must_fit=False: reported, not yet required to fit."""
+    specs = SpecSet("token_mix_bwd")
+    train = {shape.label for shape in TRAIN_SHAPES}
+    for case in spec_cases():
+        route, shape = case.tag, case.shape
+        _, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        must_fit = shape.label in train
+        add_row_kernel_specs(specs, case, col_sum=False, row_sum=True, dy_dtype=torch.float32)
+        w, f32 = Ptr(w_dt), Ptr(torch.float32)
+        precision = dot_precision(tf32, w_dt)
+        B, S, C, D = shape.batch, shape.S, shape.C, shape.DT
+        main = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DY=f32, S=S, C=C, D=D,
+                    S_PAD=max(16, triton.next_power_of_2(S)), DOT_F32=False, PRECISION=precision,
+                    ACT=case.act)  # fmt: skip
+        for i, cfg in enumerate(_token_configs(w_dt == torch.float32)):
+            specs.add(_token_bwd_kernel, route, shape, main, cfg, config_index=i, must_fit=must_fit)
+        for role, p, q, rowsum in (("dW2", S, D, False), ("dW1", D, S, True)):  # sum do h^T; sum da y^T (+ db1)
+            b_per_split = triton.cdiv(B, _wgrad_split(B, p, q))
+            wgrad = dict(A=w, BM=w, OUT=f32, ROWSUM=f32, NB=B, P=p, Q=q, K=C, b_per_split=b_per_split,
+                         HAS_ROWSUM=rowsum, DOT_F32=False, PRECISION=precision)  # fmt: skip
+            for i, cfg in enumerate(_wgrad_configs()):
+                specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i, must_fit=must_fit, role=role)
+    return specs.specs()

@@ -130,7 +130,32 @@ def _summary(module: str, spec: dict[str, Any]) -> dict[str, Any]:
         "num_stages": spec["num_stages"],
         # optional spec keys, passed through when a module's specs carry them
         **{k: spec[k] for k in ("shapes", "must_fit") if k in spec},
+        "build_id": build_id(spec),
     }
+
+
+def build_id(spec: dict[str, Any]) -> str:
+    """Identity of a spec's build (per arch, add the arch): triton version, the kernel's source and the jit functions
+    it calls (triton's own dependency hash, less the line number it appends), signature, constexprs, attrs, warps and
+    stages. Equal ids compile to the same binary; a committed report row with this id describes this build."""
+    import hashlib
+
+    import triton
+
+    fn = spec["fn"]
+    source_hash = fn.cache_key[:64]  # DependenciesFinder's sha256; the digits after it are the starting line number
+    attrs = sorted((list(k), v) for k, v in (spec.get("attrs") or {}).items() if v)
+    ident = [
+        triton.__version__,
+        source_hash,
+        fn.__name__,
+        sorted(spec["signature"].items()),
+        sorted((k, repr(v)) for k, v in spec["constexprs"].items()),
+        attrs,
+        spec["num_warps"],
+        spec["num_stages"],
+    ]
+    return hashlib.sha256(json.dumps(ident, default=repr).encode()).hexdigest()[:16]
 
 
 def _load_specs(module: str) -> list[dict[str, Any]]:
@@ -329,6 +354,11 @@ def _serve(requests, replies) -> None:
             if req["op"] == "list":
                 summaries = [_summary(req["module"], s) for s in module_specs(req["module"]).values()]
                 reply = {"ok": True, "specs": summaries}
+            elif req["op"] == "jit_check":  # the specs vs what the JIT compiles for the real launchers
+                import jit_capture
+
+                module = req["module"].rsplit(".", 1)[-1]
+                reply = {"ok": True, "result": jit_capture.check_module(module, req.get("drop_hint"))}
             elif req["op"] == "build":
                 table = module_specs(req["module"])
                 if req["name"] not in table:
@@ -403,6 +433,12 @@ def list_specs(module: str) -> list[dict[str, Any]]:
     if module not in _lists:
         _lists[module] = _get_worker().ask(op="list", module=module)["specs"]
     return _lists[module]
+
+
+def jit_check(module: str, drop_hint: str | None = None) -> dict[str, Any]:
+    """tests/jit_capture.check_module(module, drop_hint), run in the worker (the JIT's launch path, not the
+    interpreter's): {"cases", "compiles", "missing", "unused"}."""
+    return _get_worker().ask(op="jit_check", module=module, drop_hint=drop_hint)["result"]
 
 
 def build(spec: dict[str, Any], arch: int) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def test_kernel_builds(module, spec, arch, error):
     res = aot.build(spec, arch)
     print(res)
     where = f"{module}:{spec['name']} on sm_{arch}"
+    if not spec.get("must_fit", True) and not res["ok"]:
+        # A size the current kernels are known not to serve (e.g. token mixing at 384/448 px): reported, not failed.
+        pytest.xfail(f"{where} does not fit yet: {'; '.join(res['problems'])}")
     assert res["spill_stores"] == 0 and res["spill_loads"] == 0, f"{where} spills: {res}"
     assert res["stack_bytes"] == 0 and res["local_bytes"] == 0, f"{where} uses stack/local memory: {res}"
     shared = res["shared_bytes"] + res["static_shared_bytes"]
