@@ -21,6 +21,7 @@ if _ilu.find_spec("fastmixer.kernels") is None:
 
 from fastmixer.evaluate import evaluate
 from fastmixer.info import info
+from fastmixer.mmpretrain_api import get_model, inference_model, list_models
 from fastmixer.model import MixerBlock, MlpMixer
 from fastmixer.ops import channel_mix, get_backend, norm_pool, set_backend, token_mix, use_backend
 from fastmixer.predict import predict
@@ -61,8 +62,11 @@ __all__ = [
     "evaluate",
     "from_timm",
     "get_backend",
+    "get_model",
     "infer_config",
+    "inference_model",
     "info",
+    "list_models",
     "load_checkpoint",
     "model_from_checkpoint",
     "norm_pool",

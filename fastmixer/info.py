@@ -9,6 +9,11 @@ add well under 1 %). With S tokens, C channels, token-MLP width Dt, channel-MLP 
             + 2 * 2 * S * C * Dc   (channel MLP: fc1 + fc2, for each of S tokens)
     head      2 * C * K            (after the token mean)
 
+The model tables of mmpretrain (the seed) give "FLOPs" that are multiply-adds counted by mmcv's complexity counter,
+which also counts the stem conv's bias (1 per output), every affine LayerNorm (2 per element) and the token-mean
+pooling (1 per element); `mmcv_macs` reproduces that count (Mixer-B/16: 12.61 G, L/16: 44.57 G, as in the seed's table)
+and `fastmixer info` prints it beside the matmul count.
+
 Named models are built on the meta device: no weights are allocated, so `fastmixer info MixerH14` is instant.
 """
 
@@ -48,6 +53,21 @@ def mixer_flops(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def mmcv_macs(model: nn.Module) -> int:
+    """Per-image multiply-adds of a Mixer as mmcv's get_model_complexity_info counts them (mmpretrain's "FLOPs"):
+    matmuls and stem conv (mixer_flops / 2) + stem conv bias (S * C) + 2 * S * C per affine LayerNorm (1 * S * C
+    without affine) + S * C for the token mean (global_pool='avg'). GELU, dropout and residual adds count 0."""
+    base = mixer_flops(model)["total"] // 2
+    S, C = int(model.stem.num_patches), int(model.stem.proj.out_channels)
+    extra = S * C if model.stem.proj.bias is not None else 0
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            extra += S * C * (2 if m.elementwise_affine else 1)
+    if getattr(model, "global_pool", "avg") == "avg":
+        extra += S * C
+    return base + extra
+
+
 def _build(name: str, **kwargs: Any) -> nn.Module:
     from fastmixer.registry import create_model
 
@@ -58,7 +78,8 @@ def _build(name: str, **kwargs: Any) -> nn.Module:
 def info(model: str | nn.Module, img_size: int | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Describe a Mixer given by name ('mixer_b16_224[.tag]', 'fastmixer_b16_224', 'MixerB16') or as a module.
 
-    Returns {"name", "params", "gflops", "gmacs", "flops": {stem, token_mix, channel_mix, head, total},
+    Returns {"name", "params", "gflops", "gmacs", "gmacs_mmcv" (mmcv's count, see mmcv_macs),
+    "flops": {stem, token_mix, channel_mix, head, total},
     "input_size": (3, H, W), "patch_size", "tokens", "embed_dim", "tokens_mlp_dim", "channels_mlp_dim",
     "num_blocks", "num_classes", "data_config": timm's eval preprocessing, "pretrained_tags"}.
     img_size / num_classes override the architecture's (names only).
@@ -94,6 +115,7 @@ def info(model: str | nn.Module, img_size: int | None = None, num_classes: int |
         "params": sum(p.numel() for p in module.parameters()),
         "gflops": flops["total"] / 1e9,
         "gmacs": flops["total"] / 2e9,
+        "gmacs_mmcv": mmcv_macs(module) / 1e9,
         "flops": flops,
         "input_size": tuple(dc["input_size"]),
         "patch_size": int(module.stem.proj.kernel_size[0]),
@@ -114,6 +136,10 @@ def _table(d: dict[str, Any]) -> str:
     rows = [
         ("parameters", f"{d['params'] / 1e6:.2f} M ({d['params']:,})"),
         ("GFLOPs / image", f"{d['gflops']:.2f} ({d['gmacs']:.2f} GMACs; matmuls + stem conv)"),
+        (
+            "MACs / image, mmcv",
+            f"{d['gmacs_mmcv']:.2f} G multiply-adds (mmcv's counter, mmpretrain's tables: + LayerNorm, bias, pooling)",
+        ),
         ("  stem", f"{f['stem'] / 1e9:.3f}"),
         ("  token mixing", f"{f['token_mix'] / 1e9:.3f}"),
         ("  channel mixing", f"{f['channel_mix'] / 1e9:.3f}"),
@@ -130,6 +156,26 @@ def _table(d: dict[str, Any]) -> str:
         ("classes", str(d["num_classes"])),
         ("pretrained tags", ", ".join(d["pretrained_tags"]) or "-"),
     ]
+    from fastmixer.mmpretrain_api import SEED_MODELS
+
+    seed = SEED_MODELS.get(d["name"])
+    if seed is not None:  # the seed's own table, beside what was counted above
+        rows.append(
+            (
+                "mmpretrain table",
+                f"{seed.params_m:.2f} M params, {seed.flops_g:.2f} G FLOPs (multiply-adds), ImageNet-1k top-1 "
+                f"{seed.top1:.2f} % / top-5 {seed.top5:.2f} %",
+            )
+        )
+        pp = seed.preprocess
+        rows.append(
+            (
+                "mmpretrain pipeline",
+                f"short edge {pp['resize_short']} ({pp['interpolation']}), centre crop {pp['crop']}, "
+                f"mean {pp['mean']}, "
+                f"std {pp['std']} on 0-255 RGB (fastmixer.inference_model)",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join([d["name"], *(f"  {k:<{width}}  {v}" for k, v in rows)])
 

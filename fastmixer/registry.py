@@ -142,12 +142,16 @@ _register_all()
 
 def resolve_name(name: str) -> str:
     """'mixer_b16_224.goog_in21k' / 'fastmixer_b16_224' / 'MixerB16' -> fastmixer architecture[.tag]."""
+    from fastmixer.mmpretrain_api import SEED_MODELS
+
+    if str(name) in SEED_MODELS:  # the seed's (mmpretrain's) names, which carry no tag
+        return str(name)
     arch, tag = split_model_name_tag(str(name))
     arch = VARIANTS.get(arch, arch)
     if arch.startswith("mixer_"):
         arch = "fast" + arch
     if arch not in ARCHS:
-        known = ", ".join([*ARCHS, *(a[4:] for a in ARCHS if a != "fastmixer_h14_224")])
+        known = ", ".join([*ARCHS, *(a[4:] for a in ARCHS if a != "fastmixer_h14_224"), *SEED_MODELS])
         raise ValueError(f"unknown Mixer model {name!r}; expected one of: {known} (optionally with a .tag)")
     if tag and tag not in timm.models._registry._model_default_cfgs[arch].cfgs:
         tags = list(timm.models._registry._model_default_cfgs[arch].cfgs)
@@ -160,7 +164,13 @@ def create_model(
 ) -> MlpMixer:
     """Build a fastmixer Mixer from a timm name (`mixer_b16_224[.tag]`) or a fastmixer one (`fastmixer_b16_224`,
     `MixerB16`); `pretrained=True` fetches timm's weights through its Hub machinery, `checkpoint_path` loads a local
-    timm / mmpretrain / JAX checkpoint (format detected, strict by default)."""
+    timm / mmpretrain / JAX checkpoint (format detected, strict by default). The seed's (mmpretrain's) names
+    (`mlp-mixer-base-p16_3rdparty_64xb64_in1k`, `mlp-mixer-large-p16_3rdparty_64xb64_in1k`) build its architecture
+    (LayerNorm eps 1e-5), and `pretrained=True` downloads its published weights (fastmixer.mmpretrain_api)."""
+    from fastmixer.mmpretrain_api import SEED_MODELS, build_seed_model
+
+    if str(name) in SEED_MODELS:
+        return build_seed_model(str(name), bool(pretrained), checkpoint_path=checkpoint_path, strict=strict, **kwargs)
     model = timm.create_model(resolve_name(name), pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         from fastmixer.weights import load_checkpoint
