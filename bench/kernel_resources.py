@@ -36,25 +36,28 @@ SCHEMA = "fastmixer.kernel_report/1"
 
 
 # ------------------------------------------------------------------------------------------------ one row per build
-def _labels(summary: dict[str, Any]) -> tuple[str, str]:
-    """(config, shape) labels of a spec: "cfg3" and the model shapes it serves (its "shapes" key, else the parts of
-    the name's [...] that are neither the dtype tag nor cfgN)."""
+def _labels(summary: dict[str, Any]) -> tuple[str, str, str]:
+    """(route, config, shape) labels of a spec named "module.kernel[route,cfgN,shapes]": the dtype route tag ("bf16",
+    "fp32-tf32", "fp32+bf16", ...; the pointer types when the name has no [...]), "cfg3", and the model shapes it
+    serves (its "shapes" key, else the remaining parts of the name's [...])."""
     inside = summary["name"][summary["name"].find("[") + 1 : -1] if "[" in summary["name"] else ""
     parts = [p for p in inside.split(",") if p]
+    route = parts[0] if parts else summary["dtype"]
     config = next((p for p in parts if re.fullmatch(r"cfg\d+", p)), "")
     if summary.get("shapes"):
-        return config, "/".join(summary["shapes"])
+        return route, config, "/".join(summary["shapes"])
     rest = [p for p in parts[1:] if not re.fullmatch(r"cfg\d+", p)]
-    return config, ",".join(rest)
+    return route, config, ",".join(rest)
 
 
 def build_row(summary: dict[str, Any], arch: int) -> dict[str, Any]:
-    config, shape = _labels(summary)
+    route, config, shape = _labels(summary)
     row: dict[str, Any] = dict(
         module=summary["module"],
         name=summary["name"],
         kernel=summary["kernel"],
         dtype=summary["dtype"],
+        route=route,
         config=config,
         shape=shape,
         constexprs=summary["constexprs"],
@@ -165,9 +168,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     MMA counts, CTAs/warps per SM and limiters of the fitting builds, issue/MMA span, builds waiting each MMA."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(r["kernel"], r["dtype"], r["arch"])].append(r)
+        groups[(r["kernel"], r.get("route", r["dtype"]), r["arch"])].append(r)
     out = []
-    for (kernel, dtype, arch), rs in groups.items():
+    for (kernel, route, arch), rs in groups.items():
         built = [r for r in rs if r["status"] in ("ok", "does_not_fit")]
         fit = [r for r in built if r["status"] == "ok"]
         mls = [m for m in (_main(r) for r in built) if m]
@@ -177,10 +180,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(r.get("sass"), dict) and "counts" in r["sass"]:
                 whole.update({k: v for k, v in r["sass"]["counts"].items() if v})
         ratios = [m["issue_over_mma"] for m in mls if m.get("issue_over_mma")]
+        shares = [_hmma_share(m) for m in mls if m.get("mma_flops_per_cta")]
         out.append(
             dict(
                 kernel=kernel,
-                dtype=dtype,
+                route=route,
                 arch=arch,
                 builds=len(rs),
                 fit=len(fit),
@@ -192,22 +196,33 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 warps_per_sm=sorted({r["occupancy"]["warps_per_sm"] for r in fit}),
                 limiters=dict(Counter(r["occupancy"]["limiter"] for r in fit)),
                 issue_over_mma=[min(ratios), max(ratios)] if ratios else None,
+                hmma_flop_share=[min(shares), max(shares)] if shares else None,
                 waits_each_mma=sum(1 for m in mls if m["waits_each_mma"]),
-                hgmma_loops=sum(1 for m in mls if m["mma_kind"] == "HGMMA"),
+                hgmma_loops=sum(1 for m in mls if m["counts"]["HGMMA"]),
             )
         )
     return out
 
 
+def _hmma_share(ml: dict[str, Any]) -> float:
+    """Fraction of a main loop's tensor-MMA FLOPs issued as mma.sync (HMMA) rather than wgmma (HGMMA)."""
+    by = ml.get("mma_flops_by_kind") or {}
+    tensor = sum(v for k, v in by.items() if k in sass.TENSOR_MMA)
+    return round(by.get("HMMA", 0) / tensor, 3) if tensor else 0.0
+
+
 def _summary_md(summary: list[dict[str, Any]]) -> list[str]:
     by_kernel: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for s in summary:
-        by_kernel[(s["kernel"], s["dtype"])][s["arch"]] = s
+        by_kernel[(s["kernel"], s["route"])][s["arch"]] = s
 
     def side(s: dict | None) -> list[str]:
         if s is None:
             return ["-"] * 4
         mma = ", ".join(f"{k} {v}" for k, v in s["main_loop_mma"].items()) or "-"
+        share = s.get("hmma_flop_share")
+        if share and share[1] > 0 and any("HGMMA" in k for k in s["main_loop_mma"]):
+            mma += f" (HMMA {_span([100 * x for x in share])}% of MMA FLOPs)"
         occ = (
             f"{_span(s['ctas_per_sm'])} / {_span(s['warps_per_sm'])} (" + ", ".join(f"{k}" for k in s["limiters"]) + ")"
             if s["fit"]
@@ -219,13 +234,13 @@ def _summary_md(summary: list[dict[str, Any]]) -> list[str]:
 
     lines = []
     rows = []
-    for (kernel, dtype), archs in sorted(by_kernel.items()):
+    for (kernel, route), archs in sorted(by_kernel.items()):
         s90, s80 = archs.get(90), archs.get(80)
         n = ", ".join(f"{s['fit']}/{s['builds']}" for s in (s90, s80) if s is not None)
-        rows.append([kernel, dtype, n, *side(s90), *side(s80)])
+        rows.append([kernel, route, n, *side(s90), *side(s80)])
     head = [
         "kernel",
-        "dtype",
+        "route",
         "fit/builds (90, 80)",
         "sm_90 main-loop MMA (builds)",
         "sm_90 CTAs / warps per SM (limiter)",
@@ -291,7 +306,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             [
                 [
                     r["name"],
-                    f"sm_{r['arch']}",
+                    f"sm_{r['arch']}" if r["arch"] else "-",
                     r.get("registers", "-"),
                     _kb(r["shared_bytes"] + r["static_shared_bytes"]) if "shared_bytes" in r else "-",
                     f"{r['spill_stores']}/{r['spill_loads']}" if "spill_stores" in r else "-",
@@ -306,7 +321,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     head = [
         "kernel",
         "config",
-        "dtype",
+        "route",
         "shape",
         "arch",
         "regs",
@@ -335,9 +350,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [
                     r["kernel"],
                     f"{r['config']} w{r['num_warps']} s{r['num_stages']}" + _tile(r["constexprs"]),
-                    r["dtype"],
+                    r.get("route", r["dtype"]),
                     r["shape"],
-                    f"sm_{r['arch']}",
+                    f"sm_{r['arch']}" if r["arch"] else "-",
                     r["registers"] if built else "-",
                     _kb(r["shared_bytes"] + r["static_shared_bytes"]) if built else "-",
                     f"{r['spill_stores']}/{r['spill_loads']}, {r['stack_bytes']}" if built else "-",
@@ -374,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         with open(args.from_json) as f:
             report = json.load(f)
+        report["summary"] = summarize(report["builds"])  # with this version's summary rules
         out = args.out or os.path.splitext(args.from_json)[0] + ".md"
         with open(out, "w") as f:
             f.write(render_markdown(report))
@@ -398,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             summaries = aot.list_specs(module)
         except Exception as e:
             err = str(e).splitlines()[0][:300]
-            rows.append(dict(module=module, name=module, kernel=module.rsplit(".", 1)[-1], dtype="-", config="",
-                             shape="", constexprs={}, num_warps=0, num_stages=0, arch=0, status="no_specs",
-                             problems=[], error=err))  # fmt: skip
+            rows.append(dict(module=module, name=module, kernel=module.rsplit(".", 1)[-1], dtype="-", route="-",
+                             config="", shape="", constexprs={}, num_warps=0, num_stages=0, arch=0,
+                             status="no_specs", problems=[], error=err))  # fmt: skip
             print(f"{module}: NO SPECS: {err}", flush=True)
             continue
         for summary in summaries:

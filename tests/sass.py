@@ -362,18 +362,22 @@ def analyze(
         return report
     body = insns[main["first"] : main["last"] + 1]
     lc = main["counts"]
-    kind = next((k for k in kinds if lc[k]), None)
+    present = [k for k in kinds if lc[k]]
     rates = ARCH[arch]["mma_flop_per_cycle_per_sm"]
-    mma_cycles = 0.0
+    flops_by_kind = dict.fromkeys(present, 0)
+    cycles_by_kind = dict.fromkeys(present, 0.0)
     dtypes = []
     for ins in body:
         if ins["base"] in kinds:
             dt = mma_dtype(ins["op"])
             if dt not in rates:
                 raise ValueError(f"no sm_{arch} throughput known for {ins['op']} ({dt})")
-            mma_cycles += mma_flops(ins["op"], num_warps) / rates[dt]
+            flops = mma_flops(ins["op"], num_warps)
+            flops_by_kind[ins["base"]] += flops
+            cycles_by_kind[ins["base"]] += flops / rates[dt]
             if dt not in dtypes:
                 dtypes.append(dt)
+    mma_cycles = sum(cycles_by_kind.values())
     issue = main["instructions"] * max(num_warps, 4) / 4
     ops = operand_paths(body)
     waits = _wgmma_waits(body)
@@ -383,8 +387,10 @@ def analyze(
         instructions=main["instructions"],
         counts=lc,
         shapes=_shapes(body),
-        mma_kind=kind,
+        mma_kind="+".join(present) or None,  # "HGMMA", "HMMA", "HGMMA+HMMA" (a loop with both), "FFMA", None
         mma_dtype="+".join(dtypes) or None,
+        mma_flops_by_kind=flops_by_kind,
+        mma_cycles_by_kind={k: round(v, 2) for k, v in cycles_by_kind.items()},
         operands=ops,
         operand_paths=_describe_paths(ops),
         wgmma_waits=waits,

@@ -159,6 +159,22 @@ def test_nvdisasm_labels_and_function_choice():
         sass.analyze(text, 75, 8)
 
 
+def test_loop_with_both_mma_kinds():
+    # synthetic: one loop issuing mma.sync (a dot with M < 64) and wgmma, as token_mix's BLOCK_D=32 configs do on sm_90
+    text = """
+        /*0000*/                   MOV R1, R2 ;
+        /*0010*/                   HMMA.16816.F32.BF16 R24, R12, R16, R24 ;
+        /*0020*/                   WARPGROUP.ARRIVE ;
+        /*0030*/                   HGMMA.64x32x16.F32.BF16 R40, R12, gdesc[UR4], R40, gsb0 ;
+        /*0040*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0050*/              @P0 BRA 0x10 ;
+"""
+    ml = sass.analyze(text, 90, 4)["main_loop"]
+    assert ml["mma_kind"] == "HGMMA+HMMA" and ml["waits_each_mma"] is True
+    assert ml["mma_flops_by_kind"] == {"HGMMA": 2 * 64 * 32 * 16, "HMMA": 4096 * 4}
+    assert ml["mma_cycles_by_kind"] == {"HGMMA": 16.0, "HMMA": 4.0} and ml["mma_cycles"] == 20.0
+
+
 def test_mma_shapes_flops_and_types():
     assert sass.mma_shape("HGMMA.64x256x16.F32.BF16") == ("HGMMA", 64, 256, 16)
     assert sass.mma_shape("HMMA.16816.F32.BF16") == ("HMMA", 16, 8, 16)
