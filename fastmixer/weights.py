@@ -11,6 +11,11 @@ Every load goes through one path:
 So a load never half-succeeds: when the checkpoint does not fit, the model is untouched. A truncated or corrupt file
 raises ValueError naming the file and the format it looked like.
 
+torch files are only ever read with torch.load(weights_only=True): no pickled code runs. Training checkpoints of
+mmengine (mmpretrain 1.x) also pickle its message hub (HistoryBuffer objects holding numpy arrays); those known
+classes are mapped to inert stand-ins that keep their state as data, so the weights load without mmengine installed.
+A file naming any other class is refused with the full list of the classes it names (read from the pickle's opcodes).
+
 Layouts (C = embed dim, S = tokens, Dt/Dc = token/channel MLP hidden dims, N = classes, p = patch size):
 
   timm        stem.proj.weight [C, in, p, p], blocks.i.norm1/mlp_tokens.fc1/fc2/norm2/mlp_channels.fc1/fc2, norm, head
@@ -106,12 +111,73 @@ def _safe_extra_globals() -> list[Any]:
     out: list[Any] = [argparse.Namespace, np.dtype]
     for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
         try:
-            out.append(__import__(mod, fromlist=["scalar"]).scalar)
+            scalar = __import__(mod, fromlist=["scalar"]).scalar
             break
         except (ImportError, AttributeError):
             continue
-    out += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    else:
+        scalar = None
+    if scalar is not None:  # numpy scalars, under numpy 1's and numpy 2's module names alike
+        out += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    # dtype objects of numbers, booleans and strings (not object/void: those carry Python objects or raw layouts)
+    out += list({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGmMSU"})
     return out
+
+
+# ------------------------------------------------------------------------------------- mmengine training checkpoints
+class _StandIn:
+    """Inert stand-in for a known non-tensor class in a training checkpoint (mmengine's HistoryBuffer, MessageHub,
+    numpy arrays): building it stores the pickled arguments and state as plain data and runs nothing else. Every
+    value inside that state is itself unpickled by torch's weights_only unpickler with the same allowlist."""
+
+    stands_for = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.stands_for}>"
+
+
+def _stand_in(full_name: str) -> type:
+    return type(full_name.rsplit(".", 1)[1], (_StandIn,), {"stands_for": full_name, "__module__": __name__})
+
+
+def _reconstruct_stand_in(cls: Any, *args: Any) -> _StandIn:
+    # numpy's array pickle: _reconstruct(ndarray, shape, dtype-char) then BUILD(version, shape, dtype, fortran, data)
+    return _NDARRAY(cls, *args)
+
+
+_NDARRAY = _stand_in("numpy.ndarray")
+# What mmengine's Runner.save_checkpoint pickles besides tensors and plain containers: message_hub.state_dict() holds
+# HistoryBuffer objects (each with two numpy arrays); older mmengine pickled the MessageHub itself.
+_STAND_INS: dict[str, Any] = {
+    "mmengine.logging.history_buffer.HistoryBuffer": _stand_in("mmengine.logging.history_buffer.HistoryBuffer"),
+    "mmengine.logging.message_hub.MessageHub": _stand_in("mmengine.logging.message_hub.MessageHub"),
+    "numpy.ndarray": _NDARRAY,
+    "numpy.core.multiarray._reconstruct": _reconstruct_stand_in,
+    "numpy._core.multiarray._reconstruct": _reconstruct_stand_in,
+}
+
+
+def _unsafe_globals(path: Path) -> list[str] | None:
+    """The classes and functions a torch zip checkpoint names that the weights_only allowlist in force refuses, read
+    from its pickle opcodes without unpickling anything (None when the file cannot be scanned that way)."""
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is None:
+        return None
+    try:
+        return sorted(scan(str(path)))
+    except Exception:  # legacy (non-zip) format, or a pickle too broken to scan
+        return None
 
 
 def _unpickler_reason(e: Exception) -> str:
@@ -121,16 +187,30 @@ def _unpickler_reason(e: Exception) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True), then, for a checkpoint with Python objects besides tensors: the same with
+    harmless numpy/argparse globals allowed and the known mmengine/numpy classes mapped to inert stand-ins. Anything
+    else is refused with the full list of classes the file names (read statically: nothing is unpickled)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         err: Exception = e
-    if "unsupported global" in str(err).lower() and hasattr(torch.serialization, "safe_globals"):
-        try:
-            with torch.serialization.safe_globals(_safe_extra_globals()):
+    unsupported = "unsupported global" in str(err).lower()
+    if unsupported and hasattr(torch.serialization, "safe_globals"):
+        allowed = [*_safe_extra_globals(), *((obj, name) for name, obj in _STAND_INS.items())]
+        with torch.serialization.safe_globals(allowed):
+            refused = _unsafe_globals(path)
+            if refused:
+                raise ValueError(
+                    f"torch checkpoint {str(path)!r} holds Python objects fastmixer does not load (nothing in it was "
+                    f"unpickled or run): {', '.join(refused)}. Known training-checkpoint classes (mmengine's "
+                    "HistoryBuffer and MessageHub, numpy arrays and scalars, argparse.Namespace) are read as inert "
+                    "data; these are not. If you trust the file, re-save only its weights: "
+                    "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth')"
+                ) from err
+            try:
                 return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            err = e
+            except Exception as e:
+                err = e
     if "unsupported global" in str(err).lower():
         raise ValueError(
             f"torch checkpoint {str(path)!r} holds Python objects beyond tensors and plain containers, which fastmixer "

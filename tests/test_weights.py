@@ -468,6 +468,161 @@ def test_pickled_objects_are_refused(tmp_path):
     assert_same_state(dst.state_dict(), before)
 
 
+# ------------------------------------------------------------------------------- mmengine training checkpoints
+# Stand-ins for mmengine's classes, defined under mmengine.* module paths only while pickling (mmengine itself is not
+# needed, and it is never imported by the load). Their pickles look like mmengine's: NEWOBJ + BUILD of the instance
+# dict, numpy arrays inside.
+class _FakeHistoryBuffer:
+    def __init__(self, values: list[float]) -> None:
+        self.max_length = 1000000
+        self._log_history = np.array(values)
+        self._count_history = np.ones(len(values), dtype=np.int64)
+
+
+class _FakeConfigDict(dict):
+    pass
+
+
+class _Payload:
+    """Pickles as a call of os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _as_mmengine(cls: type, module: str, name: str) -> None:
+    cls.__module__, cls.__qualname__, cls.__name__ = module, name, name
+
+
+_as_mmengine(_FakeHistoryBuffer, "mmengine.logging.history_buffer", "HistoryBuffer")
+_as_mmengine(_FakeConfigDict, "mmengine.config.config", "ConfigDict")
+_as_mmengine(_Payload, "mmengine.hooks.evil", "Payload")
+
+
+def _save_as_mmengine(obj, path) -> None:
+    """torch.save with fake mmengine.* modules in sys.modules (pickle finds classes by module path); removed after."""
+    import sys
+    import types
+
+    names = {"mmengine", "mmengine.logging", "mmengine.logging.history_buffer", "mmengine.config",
+             "mmengine.config.config", "mmengine.hooks", "mmengine.hooks.evil"}  # fmt: skip
+    added = [n for n in names if n not in sys.modules]
+    for n in added:
+        sys.modules[n] = types.ModuleType(n)
+    sys.modules["mmengine.logging.history_buffer"].HistoryBuffer = _FakeHistoryBuffer
+    sys.modules["mmengine.config.config"].ConfigDict = _FakeConfigDict
+    sys.modules["mmengine.hooks.evil"].Payload = _Payload
+    try:
+        torch.save(obj, path)
+    finally:
+        for n in added:
+            del sys.modules[n]
+
+
+def _mmengine_checkpoint(src: MlpMixer, **extra) -> dict:
+    """What mmengine's Runner.save_checkpoint writes for an mmpretrain classifier: meta, state_dict, message_hub
+    (HistoryBuffers with numpy arrays, runtime info with numpy scalars), optimizer and param_scheduler state."""
+    opt = torch.optim.AdamW(src.parameters(), lr=1e-3)
+    src(images()).sum().backward()
+    opt.step()
+    return {
+        "meta": {
+            "epoch": 3,
+            "iter": 300,
+            "cfg": "model = dict(type='ImageClassifier', backbone=dict(type='MlpMixer', arch='b'))",
+            "seed": 42,
+            "experiment_name": "mixer_20261202",
+            "time": "20261202_120000",
+            "mmengine_version": "0.10.7",
+            "dataset_meta": {"classes": ("tench", "goldfish")},
+        },
+        "state_dict": mmpretrain_state(src),
+        "message_hub": {
+            "log_scalars": {"train/loss": _FakeHistoryBuffer([2.5, 2.25]), "train/lr": _FakeHistoryBuffer([1e-3])},
+            "runtime_info": {"epoch": 3, "iter": 300, "val/accuracy/top1": np.float64(71.5), "max_iters": 900},
+            "resumed_keys": {"train/loss": True, "epoch": True},
+        },
+        "optimizer": opt.state_dict(),
+        "param_schedulers": [{"by_epoch": True, "base_values": [1e-3], "last_step": 3, "eta_min": 1e-5}],
+        **extra,
+    }
+
+
+def test_mmengine_training_checkpoint_loads_without_mmengine(tmp_path, reference_backend):
+    import sys
+
+    src = source(eps=1e-5)
+    path = tmp_path / "epoch_3.pth"
+    _save_as_mmengine(_mmengine_checkpoint(src), path)
+    assert "mmengine" not in sys.modules
+    with pytest.raises(Exception, match="mmengine"):  # the file really needs mmengine's classes to unpickle
+        torch.load(path, weights_only=True)
+    dst = target()
+    with pytest.warns(UserWarning, match="mmpretrain"):
+        load_checkpoint(dst, path)
+    assert_same_state(dst.state_dict(), timm_state(src))
+    assert "mmengine" not in sys.modules  # nothing imported it
+    with torch.no_grad():
+        torch.testing.assert_close(dst(images()), src(images()), rtol=0, atol=0)
+    model = model_from_checkpoint(path)  # the architecture is inferred from the same file
+    assert layer_norm_eps(model) == {1e-5} and len(model.blocks) == 2
+
+
+def test_mmengine_objects_become_inert_data(tmp_path):
+    from fastmixer.weights import _StandIn, _torch_load
+
+    path = tmp_path / "epoch_3.pth"
+    _save_as_mmengine(_mmengine_checkpoint(source()), path)
+    obj = _torch_load(path)
+    buf = obj["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(buf, _StandIn) and buf.stands_for == "mmengine.logging.history_buffer.HistoryBuffer"
+    arr = buf.state["_log_history"]
+    assert isinstance(arr, _StandIn) and arr.stands_for == "numpy.ndarray"  # numpy arrays are not rebuilt either
+    assert float(obj["message_hub"]["runtime_info"]["val/accuracy/top1"]) == 71.5  # a real numpy scalar
+    assert obj["meta"]["dataset_meta"] == {"classes": ("tench", "goldfish")}
+
+
+def test_malicious_pickle_in_an_mmengine_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    cases = {
+        # a call of os.system next to the known classes
+        "hook": _mmengine_checkpoint(source(), hook=_Payload(marker)),
+        # the same call hidden inside the state of a class that is mapped to a stand-in
+        "inside": _mmengine_checkpoint(source()),
+    }
+    buf = cases["inside"]["message_hub"]["log_scalars"]["train/loss"]
+    buf._log_history = _Payload(marker)
+    for name, ckpt in cases.items():
+        path = tmp_path / f"{name}.pth"
+        _save_as_mmengine(ckpt, path)
+        dst = target()
+        before = snapshot(dst)
+        with pytest.raises(ValueError, match="nothing in it was unpickled or run") as info:
+            load_checkpoint(dst, path)
+        assert "posix.system" in str(info.value) or "os.system" in str(info.value), name
+        assert not marker.exists(), f"{name}: the pickled call ran"
+        assert_same_state(dst.state_dict(), before)
+
+
+def test_unknown_mmengine_classes_are_refused_and_named(tmp_path):
+    path = tmp_path / "cfg.pth"
+    ckpt = _mmengine_checkpoint(source())
+    ckpt["meta"]["cfg"] = _FakeConfigDict(model="ImageClassifier")
+    ckpt["extra"] = _Opaque()
+    _save_as_mmengine(ckpt, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(target(), path)
+    msg = str(info.value)
+    # every class the file names that is not allowed, in one message; the known ones are not listed
+    assert "mmengine.config.config.ConfigDict" in msg and "test_weights._Opaque" in msg
+    assert "HistoryBuffer" not in msg.split("Known")[0]
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(target(), tmp_path / "nope.pth")
