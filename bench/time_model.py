@@ -202,15 +202,16 @@ def report_rows(
     shape: tuple[str, int, int] | None = None,
     args: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The sm_90 builds of `kernel` for the dtype route (the report's dtype label starts with it, e.g. "bf16" or
-    "bf16+fp32"), the shape (width letter, S, batch) and the launch's constexpr arguments: one row per autotune config.
+    """The sm_90 builds of `kernel` for the dtype route (the row's `route`, e.g. "bf16"; "fp32+bf16" is autocast's),
+    the shape (width letter, S, batch) and the launch's constexpr arguments: one row per autotune config.
     Builds that failed are left out; builds that do not fit are kept (they are reported as not launching)."""
     rows = []
     seen = set()
     for r in report["builds"]:
         if r.get("kernel") != kernel or r.get("arch") != ARCH or r.get("status") == "build_failed":
             continue
-        if str(r.get("dtype", "")).split("+")[0] != dtype or not r.get("occupancy"):
+        route = r["route"] if "route" in r else str(r.get("dtype", "")).split("+")[0]  # older rows: pointer types
+        if route != dtype or not r.get("occupancy"):
             continue
         if not isinstance(r.get("sass"), dict) or "instructions" not in r["sass"]:  # not built, or SASS unread
             continue

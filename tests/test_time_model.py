@@ -153,7 +153,8 @@ def test_report_rows_match_dtype_shape_and_batch():
     # batch 64 specialises like batch 256 (every int a multiple of 16 stays so)
     assert len(tm.report_rows(rep, "_token_mix_fwd_kernel", "bf16", ("L", 196, 64), args)) == 1
     assert tm.report_rows(rep, "_token_mix_fwd_kernel", "bf16", ("H", 196, 256), args) == []
-    assert len(tm.report_rows(rep, "_token_mix_fwd_kernel", "fp32", ("B", 196, 256), args)) == 1
+    assert len(tm.report_rows(rep, "_token_mix_fwd_kernel", "fp32+bf16", ("B", 196, 256), args)) == 1  # autocast
+    assert tm.report_rows(rep, "_token_mix_fwd_kernel", "fp32", ("B", 196, 256), args) == []
 
 
 def test_gemm_model_big_gemm_near_assumed_efficiency_small_one_memory_bound():

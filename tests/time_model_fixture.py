@@ -43,7 +43,8 @@ def row(
         module="fixture",
         name=f"{kernel}[{dtype},{config},{shape}]",
         kernel=kernel,
-        dtype=dtype,
+        dtype=f"{dtype}+fp32" if "+" not in dtype else dtype,  # pointer element types
+        route=dtype,
         config=config,
         shape=shape,
         constexprs=dict(constexprs or {}),
