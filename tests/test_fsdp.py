@@ -1,0 +1,173 @@
+"""FSDP2 (torch.distributed.fsdp.fully_shard, gloo, 2 CPU processes on 127.0.0.1): every block and the root sharded,
+each rank trains on half of the global batch; the first step's gradients and the parameters after a few SGD steps equal
+one process training on the whole batch (fp32), on the reference and on the fused Triton path.
+
+Each worker first runs a plain nn.Linear through FSDP2 (a probe): when that fails, this torch cannot run FSDP2 on CPU
+and the test is skipped with the probe's exact error; a failure of fastmixer's model after a passing probe fails it.
+One spawn serves both backends; the parent waits at most _TIMEOUT_S before it terminates the workers it started.
+"""
+
+import os
+import socket
+import time
+import traceback
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from conftest import INTERPRET
+from helpers import randomize_
+
+import fastmixer
+
+try:
+    from torch.distributed.fsdp import fully_shard
+except ImportError as e:  # torch < 2.6 has FSDP2 under torch.distributed._composable.fsdp only
+    try:
+        from torch.distributed._composable.fsdp import fully_shard
+    except ImportError:
+        pytest.skip(f"this torch has no FSDP2 fully_shard: {e}", allow_module_level=True)
+
+WORLD = 2
+GLOBAL_BATCH = 6  # 3 images per rank
+STEPS = 2
+# CPU tensors reach the Triton kernels only under the interpreter (conftest sets it on machines without CUDA).
+BACKENDS = ("reference", "triton") if INTERPRET else ("reference",)
+_TIMEOUT_S = 300
+_ARCH = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)  # S = 36, C = 40
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model() -> torch.nn.Module:
+    return randomize_(fastmixer.MlpMixer(**_ARCH)).train()  # randomize_ uses its own seeded generator
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(GLOBAL_BATCH, 3, 42, 42, generator=g), torch.arange(GLOBAL_BATCH) % 5
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    # a DTensor shard -> the whole tensor (a collective: every rank calls it in the same order)
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
+
+
+def _train(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = STEPS
+) -> dict[str, dict[str, torch.Tensor]]:
+    """`steps` of SGD with momentum on mean cross-entropy; first-step gradients and final parameters by name."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    grads: dict[str, torch.Tensor] = {}
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if step == 0:
+            grads = {n: _full(p.grad) for n, p in model.named_parameters()}
+        opt.step()
+    return {"grads": grads, "params": {n: _full(p) for n, p in model.named_parameters()}}
+
+
+def _shard(model: torch.nn.Module) -> torch.nn.Module:
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
+    try:
+        try:  # can this torch run FSDP2 on CPU/gloo at all?
+            probe = fully_shard(torch.nn.Linear(4, 4))
+            probe(torch.randn(2, 4)).sum().backward()
+            torch.save("ok", os.path.join(out_dir, f"probe_rank{rank}.pt"))
+        except Exception:
+            torch.save(traceback.format_exc(), os.path.join(out_dir, f"probe_rank{rank}.pt"))
+            return
+        x, y = _batch()
+        shard = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
+        for backend in BACKENDS:
+            try:
+                with fastmixer.use_backend(backend):
+                    result = _train(_shard(_model()), x[shard], y[shard])
+            except Exception:
+                result = traceback.format_exc()
+            torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory):
+    """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (dicts or traceback strings)."""
+    out_dir = tmp_path_factory.mktemp("fsdp")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + _TIMEOUT_S
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"FSDP workers did not finish within {_TIMEOUT_S} s")
+    finally:
+        for p in ctx.processes:  # only the two workers started above
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+    probe = torch.load(out_dir / "probe_rank0.pt", weights_only=False)
+    if probe != "ok":
+        last = probe.strip().splitlines()[-1]
+        pytest.skip(f"this torch ({torch.__version__}) cannot run FSDP2 on CPU with gloo: {last}")
+    return {b: [torch.load(out_dir / f"{b}_rank{r}.pt", weights_only=False) for r in range(WORLD)] for b in BACKENDS}
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_fsdp2_training_equals_single_process(fsdp_results, backend):
+    if backend not in BACKENDS:
+        pytest.skip("CPU FSDP through the triton backend needs TRITON_INTERPRET=1 (conftest sets it only without CUDA)")
+    ranks = fsdp_results[backend]
+    for r, result in enumerate(ranks):
+        assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
+    x, y = _batch()
+    with fastmixer.use_backend(backend):
+        single = _train(_model(), x, y)
+    worst = {}
+    for what in ("grads", "params"):
+        assert ranks[0][what].keys() == single[what].keys()
+        worst[what] = 0.0
+        for name, want in single[what].items():
+            for r in range(WORLD):
+                torch.testing.assert_close(
+                    ranks[r][what][name], want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name, w=what: f"{w} {n}: {m}"
+                )
+            worst[what] = max(worst[what], (ranks[0][what][name] - want).abs().max().item())
+    # Not vacuous: training moved the weights, and one rank's half batch alone gives other gradients.
+    start = dict(_model().named_parameters())
+    moved = max((single["params"][n] - start[n].detach()).abs().max().item() for n in start)
+    assert moved > 1e-3
+    with fastmixer.use_backend(backend):
+        local = _train(_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD], steps=1)
+    gap = max((local["grads"][n] - single["grads"][n]).abs().max().item() for n in single["grads"])
+    assert gap > 1e-3
+    print(
+        f"\n[{backend}] FSDP2 {WORLD} x {GLOBAL_BATCH // WORLD} vs 1 x {GLOBAL_BATCH}, {STEPS} SGD steps: "
+        f"max |grad diff| = {worst['grads']:.3g}, max |param diff| = {worst['params']:.3g} (weights moved "
+        f"{moved:.3g}; local-only gradient differs by {gap:.3g})"
+    )
