@@ -2,11 +2,17 @@
 
 from fastmixer import MixerB16
 model = MixerB16(pretrained=True)         # timm's mixer_b16_224 weights, fused kernels on CUDA
+
+The public names are imported on first use (PEP 562 module __getattr__): `import fastmixer` itself loads neither torch
+nor timm, so the command line (`fastmixer --help`) answers at once. fastmixer's architectures are registered in timm's
+model registry as soon as both fastmixer and timm are imported, in either order.
 """
 
+import importlib as _importlib
 import importlib.util as _ilu
 import os as _os
 import sys as _sys
+import types as _types
 
 if _ilu.find_spec("fastmixer.kernels") is None:
     # A source checkout on PYTHONPATH (not pip-installed): the top-level kernels/ folder is what pyproject ships as
@@ -19,60 +25,100 @@ if _ilu.find_spec("fastmixer.kernels") is None:
     _sys.modules["fastmixer.kernels"] = _ilu.module_from_spec(_spec)
     _spec.loader.exec_module(_sys.modules["fastmixer.kernels"])
 
-from fastmixer.evaluate import evaluate
-from fastmixer.info import info
-from fastmixer.mmpretrain_api import get_model, inference_model, list_models
-from fastmixer.model import MixerBlock, MlpMixer
-from fastmixer.ops import channel_mix, get_backend, norm_pool, set_backend, token_mix, use_backend
-from fastmixer.predict import predict
-from fastmixer.registry import (
-    MixerB16,
-    MixerB32,
-    MixerH14,
-    MixerL16,
-    MixerL32,
-    MixerS16,
-    MixerS32,
-    create_model,
-)
-from fastmixer.weights import (
-    CheckpointError,
-    from_timm,
-    infer_config,
-    load_checkpoint,
-    model_from_checkpoint,
-    to_timm,
-)
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "MixerB16",
-    "MixerB32",
-    "MixerBlock",
-    "MixerH14",
-    "MixerL16",
-    "MixerL32",
-    "MixerS16",
-    "MixerS32",
-    "MlpMixer",
-    "channel_mix",
-    "create_model",
-    "evaluate",
-    "from_timm",
-    "get_backend",
-    "get_model",
-    "infer_config",
-    "inference_model",
-    "info",
-    "list_models",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "norm_pool",
-    "predict",
-    "set_backend",
-    "to_timm",
-    "token_mix",
-    "use_backend",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "CheckpointError": "weights",
+    "MixerB16": "registry",
+    "MixerB32": "registry",
+    "MixerBlock": "model",
+    "MixerH14": "registry",
+    "MixerL16": "registry",
+    "MixerL32": "registry",
+    "MixerS16": "registry",
+    "MixerS32": "registry",
+    "MlpMixer": "model",
+    "channel_mix": "ops",
+    "create_model": "registry",
+    "evaluate": "evaluate",
+    "from_timm": "weights",
+    "get_backend": "ops",
+    "get_model": "mmpretrain_api",
+    "infer_config": "weights",
+    "inference_model": "mmpretrain_api",
+    "info": "info",
+    "list_models": "mmpretrain_api",
+    "load_checkpoint": "weights",
+    "model_from_checkpoint": "weights",
+    "norm_pool": "ops",
+    "predict": "predict",
+    "set_backend": "ops",
+    "to_timm": "weights",
+    "token_mix": "ops",
+    "use_backend": "ops",
+}
+__all__ = sorted(_EXPORTS)
+# public functions that share their name with the submodule defining them
+_SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastmixer' has no attribute {name!r}")
+    _importlib.import_module("fastmixer.registry")  # any use of fastmixer registers its architectures in timm
+    value = getattr(_importlib.import_module(f"fastmixer.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(_types.ModuleType):
+    # The import system binds every imported submodule as an attribute of its package (fastmixer.predict = <module>);
+    # `predict`, `evaluate` and `info` are public functions of the same names, which must keep meaning the function.
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _SHADOWED and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+class _RegisterAfterTimm:
+    """One-shot import hook: once timm has been imported, import fastmixer.registry, which registers fastmixer_* in
+    timm (so `import fastmixer; import timm; timm.create_model("fastmixer_b16_224")` works as it did when this package
+    imported everything eagerly)."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):
+        if fullname != "timm":
+            return None
+        if self in _sys.meta_path:
+            _sys.meta_path.remove(self)
+        spec = _ilu.find_spec("timm")  # the other finders' answer
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_timm = loader.exec_module
+
+        def exec_module(module: _types.ModuleType) -> None:
+            exec_timm(module)
+            try:
+                _importlib.import_module("fastmixer.registry")
+            except Exception as e:  # never break `import timm` itself
+                import warnings
+
+                warnings.warn(f"fastmixer could not register its models in timm: {type(e).__name__}: {e}", stacklevel=2)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if "timm" in _sys.modules:
+    _importlib.import_module("fastmixer.registry")
+else:
+    _sys.meta_path.insert(0, _RegisterAfterTimm())

@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -472,7 +473,7 @@ def run_suite(
     cpu_compile: str = "forward",
     time_budget_s: float | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print,  # one progress line per case
 ) -> list[dict[str, Any]]:
     """Measure each case; a failing case records its error and the run goes on. Cases not started within
     `time_budget_s` are recorded as skipped."""
@@ -512,108 +513,282 @@ def _fmt(v: Any, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: environment, one table per (case group), and counts if present."""
-    env = report["env"]
-    cpu = env["device_kind"] == "CPU"
+def provider_label(provider: str, device_kind: str) -> str:
+    """What a provider is on this device: the GEMM-only provider is cuBLAS (the practical limit) on CUDA, but on a
+    CPU it is torch.mm on the CPU, no limit of anything."""
+    if provider == "cublas":
+        return "cuBLAS GEMMs only (limit)" if device_kind == "CUDA" else "torch.mm GEMMs only (CPU)"
+    return provider
+
+
+def _roofline_name(c: dict[str, Any]) -> str:
+    # counting names its device "H100 SXM (model)"; the tables say MODEL once, where the modelled column is
+    return re.sub(r"\s*\(model\)\s*$", "", c["roofline"]["name"], flags=re.IGNORECASE)
+
+
+def counts_markdown(c: dict[str, Any]) -> str:
+    """One count_variant result as a Markdown table: counted launches and bytes, then the modelled time (a MODEL)."""
+    r, blocks = c["roofline"], f"{c['num_blocks']} block{'s' if c['num_blocks'] != 1 else ''}"
     lines = [
-        f"# fastmixer benchmark: {env['device']}" + (" (CPU: not GPU speed)" if cpu else ""),
+        f"Counts for {c['variant']} ({blocks}), batch {c['batch']}, {c['dtype']}. Launches, GB and "
+        f"GFLOP are counted (deterministic, no GPU). 'modelled ms' is a roofline MODEL of an {_roofline_name(c)} "
+        f"(max(flops / peak, bytes / bandwidth) + {r['launch_us']} us per launch), not a measurement.",
+        "",
+        "| provider | phase | launches | per block | GB moved | GFLOP | modelled ms (MODEL) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("fastmixer", "timm eager"):
+        for phase, s in c[name].items():
+            per_block = "" if s["launches_per_block"] is None else str(s["launches_per_block"])
+            lines.append(
+                f"| {name} | {phase} | {s['launches']} | {per_block} | {s['gbytes']:.2f} | {s['gflops']:.0f} | "
+                f"{s['model_us'] / 1e3:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: environment, one table per case group, the counts; each once."""
+    env = report["env"]
+    kind = env["device_kind"]
+    cpu = kind == "CPU"
+    timed = bool(report["results"])
+    if timed:
+        title = f"# fastmixer benchmark: {env['device']}" + (" (CPU timings: not GPU speed)" if cpu else "")
+    else:
+        title = "# fastmixer counts (no timing)"
+    lines = [
+        title,
         "",
         f"torch {env['torch']}, triton {env['triton']}, timm {env['timm']}, CUDA {env['cuda']}, "
         f"python {env['python']}; fastmixer backend: {env['fastmixer_backend']}; commit {env['git_commit']}; "
-        f"{env['date']}.",
+        f"{env['date']}; run on {env['device']}.",
         "",
         f"Settings: {json.dumps(report.get('config', {}))}",
         "",
     ]
-    if report["results"]:  # a --count-only report has no timings to explain
+    if timed:
+        limit = provider_label("cublas", kind)
         lines += [
             "Times are medians of CUDA-event timings after warm-up (compile and autotune happen in warm-up)."
             if not cpu
-            else "CPU timings (time.perf_counter) of the reference PyTorch path: a smoke run, not a GPU speed.",
+            else "CPU timings (time.perf_counter) of the reference PyTorch path (timm's own aten math): a smoke run, "
+            "not a GPU speed.",
             "TFLOP/s count the GEMM FLOPs (2 per multiply-add) of the step; % peak is against the datasheet dense "
-            "peak; 'vs timm' is the speed-up over timm eager; 'of limit' is the share of the bare-cuBLAS-GEMMs speed "
-            "reached.",
+            f"peak; '{limit}' runs only the step's GEMMs"
+            + (
+                "; 'vs timm' is timm eager's time over this row's; 'of limit' is the share of the GEMMs' speed reached."
+                if not cpu
+                else " (on a CPU a reference, no limit). No 'vs timm' column: on a CPU fastmixer runs timm's own math, "
+                "so a ratio of these few timings would be noise."
+            ),
             "",
         ]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in report["results"]:
         groups.setdefault(r["label"], []).append(r)
+    head = "| provider | ms | img/s | TFLOP/s | % peak | peak MB |" + ("" if cpu else " vs timm | of limit |")
     for label, rs in groups.items():
         timm_ms = next((r["ms"] for r in rs if r["provider"] == "timm" and "ms" in r), None)
         limit_ms = next((r["ms"] for r in rs if r["provider"] == "cublas" and "ms" in r), None)
-        lines += [
-            f"### {label}",
-            "",
-            "| provider | ms | img/s | TFLOP/s | % peak | peak MB | vs timm | of limit |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+        lines += [f"### {label}", "", head, "|---" + "|---:" * (head.count("|") - 2) + "|"]
         for r in rs:
+            name = provider_label(r["provider"], kind)
             if "ms" not in r:
-                lines.append(f"| {r['provider']} | {r.get('error') or r.get('skipped')} |||||||")
+                lines.append(
+                    f"| {name} | {'error' if 'error' in r else 'skipped'}: {r.get('error') or r.get('skipped')} |"
+                )
                 continue
-            vs = f"{timm_ms / r['ms']:.2f}x" if timm_ms else ""
-            lim = f"{100 * limit_ms / r['ms']:.0f}%" if limit_ms else ""
-            lines.append(
-                f"| {r['provider']} | {r['ms']:.3f} | {r['img_s']:.1f} | {r['tflops']:.2f} | "
-                f"{_fmt(r['pct_peak'], '.1f')} | {_fmt(r['peak_mem_mb'], '.0f')} | {vs} | {lim} |"
+            row = (
+                f"| {name} | {r['ms']:.3f} | {r['img_s']:.1f} | {r['tflops']:.2f} | {_fmt(r['pct_peak'], '.1f')} | "
+                f"{_fmt(r['peak_mem_mb'], '.0f')} |"
             )
+            if not cpu:
+                row += f" {timm_ms / r['ms']:.2f}x |" if timm_ms else " |"
+                row += f" {100 * limit_ms / r['ms']:.0f}% |" if limit_ms else " |"
+            lines.append(row)
         lines.append("")
+    if report.get("counts"):
+        lines += ["## Counts (no GPU needed)", ""]
     for c in report.get("counts", []):
-        from fastmixer.counting import format_counts
-
-        lines += ["## Counts (no GPU needed)", "", format_counts(c), ""]
+        lines += [counts_markdown(c), ""]
     if report.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> bool:
-    """Bar chart of img/s per case and provider to `path` (PNG); False (and nothing written) without matplotlib."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    rs = [r for r in report["results"] if "ms" in r]
-    labels = list(dict.fromkeys(r["label"] for r in rs))
-    providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rs)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels) + 2), 4.5))
-    width = 0.8 / max(1, len(providers))
-    for i, p in enumerate(providers):
-        xs, ys = [], []
-        for j, label in enumerate(labels):
-            r = next((r for r in rs if r["label"] == label and r["provider"] == p), None)
-            if r is not None:
-                xs.append(j + (i - (len(providers) - 1) / 2) * width)
-                ys.append(r["img_s"])
-        ax.bar(xs, ys, width, label=p)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("images / s (higher is better)")
+        return None
+    return plt
+
+
+def _bar_labels(ax: Any, bars: Any, texts: Sequence[str]) -> None:
+    for b, t in zip(bars, texts):
+        ax.annotate(
+            t,
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=6,
+            xytext=(0, 1),
+            textcoords="offset points",
+        )
+
+
+def _timed_figure(plt: Any, report: dict[str, Any]) -> Any:
     env = report["env"]
-    kind = " - CPU, not GPU speed" if env["device_kind"] == "CPU" else ""
-    ax.set_title(f"{env['device']}{kind}\ntorch {env['torch']}, triton {env['triton']}", fontsize=8)
-    ax.legend(fontsize=7)
+    kind = env["device_kind"]
+    results = report["results"]
+    levels = [lv for lv in ("model", "op") if any(r["level"] == lv for r in results)]
+    providers = [p for p in PROVIDERS if any(r["provider"] == p for r in results)]
+    ncols = max(len({r["label"] for r in results if r["level"] == lv}) for lv in levels)
+    fig, axes = plt.subplots(
+        len(levels), 1, figsize=(max(7.0, 1.5 * ncols + 3), 3.6 * len(levels) + 1.2), squeeze=False
+    )
+    width = 0.8 / max(1, len(providers))
+    colors = {p: f"C{i}" for i, p in enumerate(PROVIDERS)}
+    missing: dict[str, set[str]] = {}
+    for ax, level in zip(axes[:, 0], levels):
+        rs = [r for r in results if r["level"] == level]
+        labels = list(dict.fromkeys(r["label"] for r in rs))
+        top = max((r["img_s"] for r in rs if "ms" in r), default=1.0)
+        for i, p in enumerate(providers):
+            xs, ys = [], []
+            for j, label in enumerate(labels):
+                r = next((r for r in rs if r["label"] == label and r["provider"] == p), None)
+                x = j + (i - (len(providers) - 1) / 2) * width
+                if r is not None and "ms" in r:
+                    xs.append(x)
+                    ys.append(r["img_s"])
+                elif r is not None:  # skipped or failed: name it where its bar would be
+                    what = "error" if "error" in r else "skipped"
+                    ax.text(
+                        x,
+                        top * 0.02,
+                        f"{provider_label(p, kind)}: {what}",
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                        color="0.4",
+                    )
+                    missing.setdefault(f"{provider_label(p, kind)} {what}", set()).add(
+                        str(r.get("error") or r.get("skipped"))
+                    )
+            if xs:  # a provider with no bar in this panel gets no legend entry either
+                bars = ax.bar(xs, ys, width, label=provider_label(p, kind), color=colors[p])
+                _bar_labels(ax, bars, [f"{y:.3g}" for y in ys])
+        ax.set_xticks(range(len(labels)))
+        # "b16[2 blk] inference b1 fp32" -> "b16[2 blk]" over "inference b1 fp32"
+        ax.set_xticklabels([re.sub(r"^(\S+(?: blk\])?) ", "\\1\n", label) for label in labels], fontsize=7)
+        ax.set_ylabel("images / s (higher is better)", fontsize=8)
+        ax.set_ylim(0, top * 1.15)
+        ax.set_title(f"{level} level", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    cpu = " - CPU timings of the reference path (timm's math), not GPU speed" if kind == "CPU" else ""
+    fig.suptitle(f"{env['device']}{cpu}\ntorch {env['torch']}, triton {env['triton']}, {env['date']}", fontsize=8)
+    if missing:
+        notes = "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in missing.items())
+        fig.text(0.01, 0.005, notes, fontsize=6, color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0.04 if missing else 0, 1, 1))
+    return fig
+
+
+def _variant_name(c: dict[str, Any]) -> str:
+    # "fastmixer_b16_224", 12 blocks -> "B/16 (12 blocks)"
+    m = re.search(r"_([a-z])(\d+)_\d+$", c["variant"])
+    return f"{m[1].upper()}/{m[2]} ({c['num_blocks']} blocks)" if m else c["variant"]
+
+
+def _counts_figure(plt: Any, report: dict[str, Any]) -> Any:
+    counts = report["counts"]
+    groups = [(c, phase) for c in counts for phase in ("forward", "backward") if phase in c["fastmixer"]]
+    names = [f"{_variant_name(c)}\n{phase}" for c, phase in groups]
+    panels = [
+        ("kernel launches (counted)", lambda s: s["launches"], "{:.0f}"),
+        ("GB read + written (counted)", lambda s: s["gbytes"], "{:.1f}"),
+        (f"ms per step: roofline MODEL of an {_roofline_name(counts[0])}", lambda s: s["model_us"] / 1e3, "{:.2f}"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 2.2 * len(groups) + 5), 4.2))
+    width = 0.38
+    for ax, (title, value, fmt) in zip(axes, panels):
+        for k, (provider, color) in enumerate((("fastmixer", "C0"), ("timm eager", "C2"))):
+            xs = [j + (k - 0.5) * width for j in range(len(groups))]
+            ys = [value(c[provider][phase]) for c, phase in groups]
+            bars = ax.bar(xs, ys, width, label=provider, color=color)
+            texts = [fmt.format(y) for y in ys]
+            if title.startswith("kernel"):  # forward launches per block, the number the design is about
+                texts = [
+                    t
+                    + (
+                        f"\n({c[provider][ph]['launches_per_block']}/blk)"
+                        if c[provider][ph]["launches_per_block"]
+                        else ""
+                    )
+                    for t, (c, ph) in zip(texts, groups)
+                ]
+            _bar_labels(ax, bars, texts)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(names, fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.margins(y=0.18)
+        ax.legend(fontsize=7)
+    c0 = counts[0]
+    fig.suptitle(
+        f"fastmixer vs timm eager per step, batch {c0['batch']}, {c0['dtype']}: launches and bytes counted without a "
+        f"GPU; the time panel is a MODEL, not a measurement\ntorch {report['env']['torch']}, "
+        f"triton {report['env']['triton']}, {report['env']['date']}",
+        fontsize=8,
+    )
     fig.tight_layout()
+    return fig
+
+
+def figure(report: dict[str, Any]) -> Any:
+    """The report's matplotlib figure: img/s per case, model level and op level in separate panels (each its own
+    axis), skipped or failed providers named where their bar would be; or, for a count-only report, launches / GB /
+    modelled ms of fastmixer vs timm eager. None without matplotlib or without anything to draw."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    if any("ms" in r for r in report["results"]):
+        return _timed_figure(plt, report)
+    if report.get("counts"):
+        return _counts_figure(plt, report)
+    return None
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """`figure(report)` saved to `path` (PNG); False (nothing written) when there is no figure."""
+    fig = figure(report)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return True
 
 
-def write_report(report: dict[str, Any], out_dir: str | os.PathLike, stem: str, png: bool = True) -> dict[str, Path]:
+def write_report(
+    report: dict[str, Any], out_dir: str | os.PathLike, stem: str, png: bool = True, json_file: bool = True
+) -> dict[str, Path]:
     """Write `stem`.json, `stem`.md and (with matplotlib) `stem`.png into out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(report, indent=1, default=str) + "\n")
+    paths = {"md": out / f"{stem}.md"}
+    if json_file:
+        paths["json"] = out / f"{stem}.json"
+        paths["json"].write_text(json.dumps(report, indent=1, default=str) + "\n")
     paths["md"].write_text(markdown(report) + "\n")
     if png:
         if plot(report, out / f"{stem}.png"):
             paths["png"] = out / f"{stem}.png"
-        else:
+        elif _pyplot() is None:
             report.setdefault("notes", []).append("matplotlib not installed: no PNG chart")
             paths["md"].write_text(markdown(report) + "\n")
     return paths
@@ -624,33 +799,6 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
 
 
-def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="fastmixer vs timm eager vs torch.compile vs bare cuBLAS GEMMs (table, JSON, Markdown, PNG)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--models", default="b16,l16", help="variants, comma-separated ('none' for no model level)")
-    p.add_argument("--ops", default="token_mix,channel_mix", help="fused ops at --op-variant shapes ('none': skip)")
-    p.add_argument("--op-variant", default="b16", help="variant whose shapes the op-level cases use")
-    p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default: 256 on CUDA, 1 on CPU)")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--modes", default="inference,training,forward,forward+backward", help="modes to run")
-    p.add_argument("--providers", default=",".join(PROVIDERS), help=f"subset of {','.join(PROVIDERS)}")
-    p.add_argument("--blocks", type=int, default=None, help="depth override (default: full on CUDA, 2 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: 5 on CUDA, 1 on CPU)")
-    p.add_argument("--iters", type=int, default=None, help="timed calls (default: 20 on CUDA, 3 on CPU)")
-    p.add_argument("--cpu-compile", default="forward", help="CPU torch.compile policy: none|forward|inference|all")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; later cases are recorded as skipped")
-    p.add_argument("--count", action="store_true", help="also count launches / HBM bytes (no GPU needed)")
-    p.add_argument("--count-only", action="store_true", help="only the counts, no timing")
-    p.add_argument("--out", default="fastmixer-bench", help="folder for the JSON / Markdown / PNG report")
-    p.add_argument("--name", default=None, help="file stem (default: <date>-<device>)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.set_defaults(func=main)
-
-
 def _device_slug(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
@@ -658,8 +806,27 @@ def _device_slug(device: torch.device) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-") or "cuda"
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _finish(report: dict[str, Any], out: str | None, stem: str, json_file: bool = True) -> None:
+    """Print the report's tables once (stdout); write the files only where --out points."""
+    print(markdown(report))
+    if out:
+        paths = write_report(report, out, stem, json_file=json_file)
+        _progress("wrote " + ", ".join(str(p) for p in paths.values()))
+    else:
+        _progress("no files written (--out DIR writes the JSON, Markdown and PNG)")
+
+
 def main(args: argparse.Namespace) -> int:
-    """`fastmixer bench`: run the suite (and/or counts), print a table, write JSON + Markdown (+ PNG)."""
+    """`fastmixer bench` (arguments in fastmixer.cli): run the suite and/or counts; tables to stdout once, progress
+    to stderr, files only with --out."""
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        _finish(report, args.out, args.name or Path(args.from_json).stem, json_file=False)
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
@@ -694,16 +861,16 @@ def main(args: argparse.Namespace) -> int:
         from fastmixer import counting
 
         for m in models or ["b16"]:
+            _progress(f"counting {m}, batch {batches[0]}, {dtype} ...")
             kw = dict(batch=batches[0], dtype=DTYPES[dtype], num_blocks=args.blocks)
             try:
                 c = counting.count_variant(m, **kw)
             except Exception as e:  # a backward that cannot be counted must not lose the forward counts
                 note = f"{m}: backward not counted ({type(e).__name__}: {str(e).splitlines()[0]})"
                 report.setdefault("notes", []).append(note)
-                print(note)
+                _progress(note)
                 c = counting.count_variant(m, backward=False, **kw)
             report["counts"].append(c)
-            print(counting.format_counts(c) + "\n")
     if not args.count_only:
         cases = make_cases(
             models,
@@ -717,11 +884,14 @@ def main(args: argparse.Namespace) -> int:
             op_variant=args.op_variant,
         )
         if not cuda:
-            print("CPU run: reference PyTorch path, timings are CPU smoke numbers, not GPU speed")
+            _progress("CPU run: reference PyTorch path (timm's math); timings are CPU smoke numbers, not GPU speed")
+        done = [0]
 
         def save(res: dict[str, Any]) -> None:
             report["results"].append(res)
-            write_report(report, args.out, stem, png=False)  # incremental: a timeout still leaves the rows so far
+            done[0] += 1
+            if args.out:  # incremental: a timeout still leaves the rows so far
+                write_report(report, args.out, stem, png=False)
 
         run_suite(
             cases,
@@ -731,10 +901,9 @@ def main(args: argparse.Namespace) -> int:
             cpu_compile=args.cpu_compile,
             time_budget_s=args.time_budget,
             on_result=save,
+            log=lambda line: _progress(f"[{done[0] + 1}/{len(cases)}] {line}"),
         )
-    paths = write_report(report, args.out, stem)
-    print(markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _finish(report, args.out, stem)
     failed = [r for r in report["results"] if "error" in r]
     return 1 if failed and len(failed) == len(report["results"]) else 0
 

@@ -1,4 +1,5 @@
-"""`fastmixer.info`: size and cost of a Mixer (parameters, GFLOPs, input size, shapes), and `fastmixer info MODEL`.
+"""`fastmixer.info`: size and cost of a Mixer (parameters, GFLOPs, input size, shapes), and `fastmixer info MODEL`
+(its arguments are defined in fastmixer.cli).
 
 FLOPs are counted analytically from the module shapes, per image, 2 per multiply-add, over the matmuls and the stem
 convolution only (what torch.utils.flop_counter counts; LayerNorm, GELU, bias and residual adds are elementwise and
@@ -185,17 +186,3 @@ def run(args: argparse.Namespace) -> int:
     d = info(args.model, img_size=args.img_size, num_classes=args.num_classes)
     print(json.dumps(d) if args.json else _table(d))
     return 0
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "info",
-        help="parameters, GFLOPs and input size of a Mixer",
-        description="Parameters, per-image GFLOPs (analytic), input size and shapes of a Mixer variant.",
-    )
-    p.add_argument("model", metavar="MODEL", help="mixer_b16_224[.tag], fastmixer_l16_224, MixerH14, ...")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the architecture's)")
-    p.add_argument("--num-classes", type=int, help="classifier size (default: the architecture's)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(func=run)
-    return p

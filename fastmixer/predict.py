@@ -5,8 +5,9 @@ to 224 / 0.875, centre crop 224, mean = std = 0.5) and `timm.data.create_transfo
 model itself (a model built with img_size=384 gets 384 crops). Class names come from the lists timm ships
 (ImageNet-1k, Google's 21k = 21843 classes, MIIL's 21k = 11221 classes); any other head gets "class_<i>".
 
-The model-building options shared by `fastmixer predict` and `fastmixer eval` live here too (add_model_args,
-model_from_args).
+`fastmixer predict` (the `run` below; its arguments are defined in fastmixer.cli) and the model building it shares
+with `fastmixer eval` (model_from_args) live here too. Image files are read by fastmixer.images.open_rgb, whose errors
+name the file and the reason.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-__all__ = ["class_labels", "data_config", "load_image", "predict", "preprocess", "transforms"]
+from fastmixer.images import open_rgb, pixel_limit
+
+__all__ = ["class_labels", "data_config", "format_score", "load_image", "predict", "preprocess", "transforms"]
 
 ImageLike = str | os.PathLike | Image.Image | Tensor
-DEFAULT_MODEL = "mixer_b16_224"
 
 
 # ------------------------------------------------------------------------------------------------ preprocessing
@@ -56,19 +58,16 @@ def transforms(model: nn.Module) -> Callable[[Image.Image], Tensor]:
 
 
 def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
-    """A path or PIL image -> RGB PIL image (greyscale, palette and RGBA inputs are converted)."""
+    """A path or PIL image -> RGB PIL image (greyscale, palette and RGBA inputs are converted).
+
+    A path that is missing, a directory, unreadable, not an image, truncated, damaged or over PIL's pixel limit raises
+    fastmixer.images.ImageReadError (a ValueError; FileNotFoundError too when missing) naming the file and the reason.
+    """
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"expected an image path or a PIL.Image, got {type(image).__name__}")
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{str(path)!r} is not an image file PIL can read") from e
+    return open_rgb(image)
 
 
 def preprocess(image: ImageLike, transform: Callable[[Image.Image], Tensor]) -> Tensor:
@@ -113,6 +112,22 @@ def _imagenet_labels(num_classes: int) -> tuple[str, ...] | None:
     if info.num_classes() != num_classes:
         return None
     return tuple(info.label_descriptions())
+
+
+@functools.lru_cache(maxsize=4)
+def imagenet_synsets(num_classes: int) -> tuple[str, ...] | None:
+    """The WordNet synset ids ("n01440764", ...) of an ImageNet head of `num_classes` classes, in class order (timm's
+    lists: 1000, 21843, 11221 classes), or None for any other size."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is None:
+        return None
+    try:
+        info = ImageNetInfo(subset)
+    except (AssertionError, OSError):
+        return None
+    return tuple(info.label_names()) if info.num_classes() == num_classes else None
 
 
 def class_labels(model_or_num_classes: nn.Module | int) -> list[str]:
@@ -204,28 +219,21 @@ def predict(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Options that pick and load the model (shared by `predict` and `eval`)."""
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"timm or fastmixer name, optionally with a tag: mixer_b16_224.goog_in21k, MixerB16 "
-        f"(default {DEFAULT_MODEL})",
-    )
-    g.add_argument(
-        "--checkpoint", metavar="PATH", help="local weights: timm .pth/.safetensors, mmpretrain .pth or JAX .npz"
-    )
-    g.add_argument("--pretrained", action="store_true", help="fetch timm's pretrained weights (needs network or cache)")
-    g.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's, else the model's)")
-    g.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
-    g.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+def format_score(p: float) -> str:
+    """A probability to 4 significant digits (0.4123, 0.001, 2.5e-05): what the CLI prints; --json keeps all."""
+    return format(p, ".4g")
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.device]:
-    """Build the model described by add_model_args' options, moved to the chosen device, in eval mode."""
-    from fastmixer.registry import create_model
+    """Build the model described by the CLI's model options (fastmixer.cli), on the chosen device, in eval mode.
 
+    Checks come before any work: the model name (with "did you mean"), the options, the checkpoint path; then the
+    random-weights warning; a failed pretrained fetch says to pass --checkpoint FILE.
+    """
+    from fastmixer.hub import PretrainedFetchError
+    from fastmixer.registry import create_model, resolve_name
+
+    resolve_name(args.model)  # an unknown name fails here, before any warning about weights
     if args.checkpoint and args.pretrained:
         raise ValueError("pass either --checkpoint or --pretrained, not both")
     if args.checkpoint and not Path(args.checkpoint).is_file():
@@ -258,43 +266,42 @@ def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.device]:
             file=sys.stderr,
         )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **kwargs)
+    try:
+        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **kwargs)
+    except PretrainedFetchError as e:
+        raise RuntimeError(e.cli_message()) from e
     return model.to(device).eval(), device
 
 
+def check_max_pixels(args: argparse.Namespace) -> None:
+    if args.max_image_pixels is not None and args.max_image_pixels < 0:
+        raise ValueError(f"--max-image-pixels must be >= 0 (0: no limit), got {args.max_image_pixels}")
+
+
 def _format(image: str, result: dict[str, Any]) -> str:
-    lines = [f"{image}: {result['pred_label']} (class {result['pred_class']}, p = {result['pred_score']:.4f})"]
-    lines.append(f"  {'rank':>4}  {'class':>5}  {'score':>7}  label")
-    for rank, t in enumerate(result["topk"], 1):
-        lines.append(f"  {rank:>4}  {t['class']:>5}  {t['score']:>7.4f}  {t['label']}")
+    top = result["topk"]
+    lines = [
+        f"{image}: {result['pred_label']} (class {result['pred_class']}, p = {format_score(result['pred_score'])})"
+    ]
+    lines.append(f"  {'rank':>4}  {'class':>5}  {'score':<9}  label")
+    for rank, t in enumerate(top, 1):
+        lines.append(f"  {rank:>4}  {t['class']:>5}  {format_score(t['score']):<9}  {t['label']}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    """`fastmixer predict`: print the top-k classes of each image (JSON lines with --json)."""
+    """`fastmixer predict`: print the top-k classes of each image (JSON lines, full precision, with --json)."""
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, got {args.topk}")
-    for path in args.images:  # fail on a bad path before building (and maybe downloading) the model
-        load_image(path)
-    model, device = model_from_args(args)
-    for path in args.images:
-        result = predict(model, path, topk=args.topk, device=device)
-        if args.json:
-            print(json.dumps({"image": path, **result}))
-        else:
-            print(_format(path, result))
+    check_max_pixels(args)
+    with pixel_limit(args.max_image_pixels):
+        for path in args.images:  # a bad file stops here, before the model is built (or downloaded)
+            load_image(path)
+        model, device = model_from_args(args)
+        for path in args.images:
+            result = predict(model, path, topk=args.topk, device=device)
+            if args.json:
+                print(json.dumps({"image": path, **result}))
+            else:
+                print(_format(path, result))
     return 0
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "predict",
-        help="classify images with a Mixer (timm preprocessing, ImageNet labels)",
-        description="Classify images with a Mixer, using the model's own timm preprocessing; prints the top-k classes.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) (anything PIL reads)")
-    p.add_argument("--topk", type=int, default=5, help="how many classes to list (default 5)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
-    add_model_args(p)
-    p.set_defaults(func=run)
-    return p

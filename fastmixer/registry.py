@@ -8,8 +8,10 @@ architecture carries the pretrained cfgs of the timm Mixer it mirrors (same tags
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+import difflib
+from typing import TYPE_CHECKING, Any
 
 import timm
 from timm.models import get_pretrained_cfg
@@ -18,7 +20,8 @@ from timm.models._pretrained import DefaultCfg, PretrainedCfg
 from timm.models._registry import register_model, split_model_name_tag
 from timm.models.mlp_mixer import checkpoint_filter_fn
 
-from fastmixer.model import MlpMixer
+if TYPE_CHECKING:  # imported where a model is built: timm imports this module right after itself (fastmixer/__init__)
+    from fastmixer.model import MlpMixer
 
 # fastmixer name -> (timm name it mirrors or None, architecture arguments). H/14 is the paper's Mixer-H/14
 # (patch 14, 32 blocks, C = 1280, tokens MLP 640, channels MLP 5120); timm has no entry for it.
@@ -74,6 +77,8 @@ def _default_cfg(arch: str, timm_arch: str | None) -> DefaultCfg:
 
 def _builder(arch: str, arch_args: dict[str, Any]):
     def build(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+        from fastmixer.model import MlpMixer
+
         out_indices = kwargs.pop("out_indices", 3)
         cache_dir = kwargs.pop("cache_dir", None)
         features = kwargs.get("features_only", False)
@@ -108,24 +113,26 @@ def _load_pretrained(model: MlpMixer, in_chans: int, cache_dir: str | None) -> N
             f"{name} has no pretrained weights to fetch (timm publishes Mixer B/16 and L/16 only); "
             "pass checkpoint_path=... or pretrained=False"
         )
+    from fastmixer.hub import PretrainedFetchError, cache_only, hub_unreachable
+
+    # offline, huggingface_hub retries for ~25 s per file: check the Hub within seconds, then read the cache only
+    offline = hub_unreachable() if cfg.get("hf_hub_id") and not cfg.get("file") else None
     try:
         extra = {"cache_dir": cache_dir} if cache_dir is not None else {}  # older timm has no cache_dir
-        load_pretrained(
-            model,
-            pretrained_cfg=cfg,
-            num_classes=model.num_classes,
-            in_chans=in_chans,
-            filter_fn=checkpoint_filter_fn,
-            **extra,
-        )
+        with cache_only() if offline else contextlib.nullcontext():
+            load_pretrained(
+                model,
+                pretrained_cfg=cfg,
+                num_classes=model.num_classes,
+                in_chans=in_chans,
+                filter_fn=checkpoint_filter_fn,
+                **extra,
+            )
     except Exception as e:
         source = f"Hub id {cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else f"URL {cfg.get('url') or cfg.get('file')}"
-        raise RuntimeError(
-            f"could not fetch pretrained weights for {name} from {source} ({type(e).__name__}: {e}). Without "
-            f"network access, download that checkpoint (e.g. model.safetensors of the Hub id) elsewhere and pass the "
-            f"file: fastmixer.create_model('{name}', checkpoint_path='model.safetensors') or "
-            "fastmixer.load_checkpoint(model, path) (timm .pth/.safetensors, mmpretrain .pth and JAX .npz all work)"
-        ) from e
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        reason = f"{offline}, and the file is not in the local cache" if offline else error
+        raise PretrainedFetchError(name, source, reason, hub_id=cfg.get("hf_hub_id")) from e
 
 
 def _register_all() -> None:
@@ -140,8 +147,24 @@ def _register_all() -> None:
 _register_all()
 
 
+def accepted_names() -> list[str]:
+    """Every architecture spelling resolve_name accepts (each optionally followed by a .tag; the seed's names never)."""
+    from fastmixer.mmpretrain_api import SEED_MODELS
+
+    return [*ARCHS, *(a[len("fast") :] for a in ARCHS), *VARIANTS, *SEED_MODELS]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    # closest spellings, compared case-insensitively: " did you mean 'a' or 'b'?" or ""
+    lowered = {c.lower(): c for c in choices}
+    close = [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.6)]
+    return f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def resolve_name(name: str) -> str:
-    """'mixer_b16_224.goog_in21k' / 'fastmixer_b16_224' / 'MixerB16' -> fastmixer architecture[.tag]."""
+    """'mixer_b16_224.goog_in21k' / 'fastmixer_b16_224' / 'MixerB16' -> fastmixer architecture[.tag].
+
+    Unknown names and tags raise a ValueError that suggests the closest accepted spellings and lists them all."""
     from fastmixer.mmpretrain_api import SEED_MODELS
 
     if str(name) in SEED_MODELS:  # the seed's (mmpretrain's) names, which carry no tag
@@ -151,11 +174,14 @@ def resolve_name(name: str) -> str:
     if arch.startswith("mixer_"):
         arch = "fast" + arch
     if arch not in ARCHS:
-        known = ", ".join([*ARCHS, *(a[4:] for a in ARCHS if a != "fastmixer_h14_224"), *SEED_MODELS])
-        raise ValueError(f"unknown Mixer model {name!r}; expected one of: {known} (optionally with a .tag)")
+        known = accepted_names()
+        raise ValueError(
+            f"unknown Mixer model {name!r};{_did_you_mean(split_model_name_tag(str(name))[0], known)} "
+            f"Accepted names (each optionally with a .tag): {', '.join(known)}"
+        )
     if tag and tag not in timm.models._registry._model_default_cfgs[arch].cfgs:
         tags = list(timm.models._registry._model_default_cfgs[arch].cfgs)
-        raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; available: {tags}")
+        raise ValueError(f"unknown pretrained tag {tag!r} for {arch};{_did_you_mean(tag, tags)} available: {tags}")
     return f"{arch}.{tag}" if tag else arch
 
 

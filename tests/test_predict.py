@@ -141,9 +141,9 @@ def test_preprocessing_follows_pretrained_cfg(folder3):
 def test_predict_bad_input(tmp_path, folder3):
     model = tiny_model()
     (tmp_path / "notes.png").write_text("not a picture")
-    with pytest.raises(FileNotFoundError, match="image file not found"):
+    with pytest.raises(FileNotFoundError, match=r"cannot read image '.*missing\.png': no such file"):
         predict(model, tmp_path / "missing.png")
-    with pytest.raises(ValueError, match="not an image file"):
+    with pytest.raises(ValueError, match=r"cannot read image '.*notes\.png': not an image format PIL recognises"):
         predict(model, tmp_path / "notes.png")
     with pytest.raises(ValueError, match="topk must be a positive int"):
         predict(model, torch.zeros(3, 32, 32), topk=0)
@@ -200,6 +200,75 @@ def test_evaluate_few_classes_agrees_with_predict(folder3):
     hits = sum(predict(model, p)["pred_class"] == c for p, c in items)
     assert res["n"] == 12 and res["correct1"] == hits == _timm_loop(model, items)[0]
     assert res["top5"] == 100.0  # top-5 of a 3-class head is top-3: every image
+
+
+def _corrupt(path):
+    path.write_bytes(b"GIF89a" + bytes(40))  # a GIF header and nothing PIL can decode
+    return path
+
+
+def _truncated(path):
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_evaluate_skips_unreadable_images(tmp_path):
+    items = make_image_folder(tmp_path, num_classes=3, per_class=3)
+    bad = [_truncated(tmp_path / "cls_00" / "b_truncated.jpg"), _corrupt(tmp_path / "cls_02" / "z_corrupt.png")]
+    model = tiny_model()
+    lines = []
+    res = evaluate(model, tmp_path, batch_size=2, progress=False, warn=lines.append)  # bad files mid-batch
+    want = evaluate(model, tmp_path, batch_size=9, progress=False, warn=lambda line: None)
+    assert res["n"] == 9 and res["skipped"] == 2 and res["correct1"] == _timm_loop(model, items)[0]
+    assert [f["path"] for f in res["skipped_files"]] == [str(p) for p in bad]
+    assert "truncated" in res["skipped_files"][0]["reason"]
+    assert lines == [f"skipped {str(f['path'])!r}: {f['reason']}" for f in res["skipped_files"]]
+    assert res == want  # batch boundaries do not matter
+    with pytest.warns(UserWarning) as record:  # the library's default: warnings.warn, one per file
+        evaluate(model, tmp_path, progress=False)
+    assert [str(w.message) for w in record] == lines
+    with pytest.raises(ValueError, match=r"cannot read image '.*b_truncated\.jpg': the file is truncated"):
+        evaluate(model, tmp_path, progress=False, strict=True)
+    for p, _ in items:
+        _corrupt(p)
+    with pytest.raises(ValueError, match=r"no readable image .* \(11 skipped\)"):
+        evaluate(model, tmp_path, progress=False, warn=lambda line: None)
+
+
+def test_evaluate_warns_on_class_count_mismatch(folder3):
+    lines = []
+    res = evaluate(tiny_model(num_classes=5), folder3[0], progress=False, warn=lines.append)
+    assert res["class_mapping"] == "sorted-folders" and res["n"] == 12
+    assert len(lines) == 1 and "3 class folders but the model's head has 5 classes" in lines[0]
+    lines.clear()
+    evaluate(tiny_model(num_classes=3), folder3[0], progress=False, warn=lines.append)
+    assert lines == []
+
+
+def test_evaluate_maps_imagenet_synsets(tmp_path):
+    """Synset folders score as their own ImageNet index, not as their sorted position."""
+    from fastmixer.evaluate import class_mapping
+    from fastmixer.predict import imagenet_synsets
+
+    synsets = imagenet_synsets(1000)
+    assert len(synsets) == 1000 and synsets[:2] == ("n01440764", "n01443537") and synsets[999] == "n15075141"
+    assert class_mapping(["n01443537", "n15075141"], 1000)[:2] == ([1, 999], "imagenet-synsets")
+    assert class_mapping(["n01443537", "dogs"], 1000)[1] == "sorted-folders"  # not all synsets: sorted order
+    for name in ("n01443537", "n15075141"):
+        (tmp_path / name).mkdir()
+        for j in range(2):
+            Image.new("RGB", (40, 40), (40 * j, 90, 200)).save(tmp_path / name / f"{j}.png")
+    model = randomize_(
+        fastmixer.MlpMixer(num_classes=1000, img_size=32, patch_size=8, num_blocks=1, embed_dim=16), std=0.02
+    ).eval()
+    with torch.no_grad():
+        model.head.bias[999] = 100.0  # every image is predicted as class 999 = n15075141
+    lines = []
+    res = evaluate(model, tmp_path, progress=False, warn=lines.append)
+    assert res["class_mapping"] == "imagenet-synsets" and lines == []  # 2 of 1000 classes, mapped: no mismatch
+    assert res["correct1"] == 2 and res["top1"] == 50.0  # the n15075141 folder is right (sorted order: 0 right)
 
 
 def test_evaluate_bad_input(tmp_path, folder3):
