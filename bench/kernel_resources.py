@@ -375,6 +375,23 @@ def _tile(constexprs: dict[str, Any]) -> str:
     return f" ({','.join(f'{k[6:] or k}={constexprs[k]}' for k in keys)})" if keys else ""
 
 
+def write_report(report: dict[str, Any], out: str) -> str:
+    """Write the Markdown to `out` and the JSON beside it (one build row per line, so diffs stay readable); returns
+    the JSON path."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    json_path = os.path.splitext(out)[0] + ".json"
+    head = {k: v for k, v in report.items() if k != "builds"}
+    with open(json_path, "w") as f:
+        f.write("{\n")
+        for k, v in head.items():
+            f.write(f"{json.dumps(k)}: {json.dumps(v)},\n")
+        rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in report["builds"])
+        f.write(f'"builds": [\n{rows}\n]\n}}\n')
+    with open(out, "w") as f:
+        f.write(render_markdown(report))
+    return json_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Markdown path (JSON beside it); default bench/results/<date>-kernel-report.md")
@@ -391,9 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             report = json.load(f)
         report["summary"] = summarize(report["builds"])  # with this version's summary rules
         out = args.out or os.path.splitext(args.from_json)[0] + ".md"
-        with open(out, "w") as f:
-            f.write(render_markdown(report))
-        print(f"wrote {out}")
+        write_report(report, out)
+        print(f"wrote {out} and its JSON")
         return 0
 
     archs = args.arch or list(aot.ARCHS)
@@ -442,13 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         summary=summarize(rows),
         builds=rows,
     )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    json_path = os.path.splitext(out)[0] + ".json"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    with open(out, "w") as f:
-        f.write(render_markdown(report))
+    json_path = write_report(report, out)
     bad = sum(1 for r in rows if r["status"] != "ok")
     print(f"{len(rows)} builds, {bad} not fitting or not built; {report['seconds']:.0f} s. Wrote {out} and {json_path}")
     # Builds that do not fit are findings (rows of the report); a spec list that cannot load or a dead worker is not.
