@@ -507,8 +507,13 @@ class MissingReportRow(LookupError):
 def triton_launch_time(
     kernel: Any, report: dict[str, Any], dtype: str, shape: tuple[str, int, int], dev: Device, asm: Assumptions
 ) -> dict[str, Any]:
-    """Every config of the report for this launch, modelled; the autotuner is assumed to keep the fastest."""
+    """Every config of the report for this launch, modelled; the autotuner is assumed to keep the fastest. A batch-1
+    launch with no batch-1 build in the report is modelled with the batch-256 builds (noted in `build_note`)."""
     rows = report_rows(report, kernel.name, dtype, shape, kernel.args)
+    note = ""
+    if not rows and shape[2] == 1:
+        rows = report_rows(report, kernel.name, dtype, (shape[0], shape[1], 256), kernel.args)
+        note = "batch-256 build (the report has no batch-1 build)" if rows else ""
     if not rows:
         raise MissingReportRow(
             f"{kernel.name} ({dtype}, shape {shape}) has no sm_{ARCH} build in {report.get('_path', 'the report')}"
@@ -518,7 +523,8 @@ def triton_launch_time(
     best = min(cands, key=lambda c: c["us"])
     if math.isinf(best["us"]):
         best = dict(best, bound="no config launches")
-    return dict(best, candidates=[dict(config=c["config"], us=c["us"], bound=c["bound"]) for c in cands])
+    cands_out = [dict(config=c["config"], us=c["us"], bound=c["bound"]) for c in cands]
+    return dict(best, build_note=note, candidates=cands_out)
 
 
 # ------------------------------------------------------------------------------------------------ cuBLAS and memory
@@ -991,7 +997,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         lines += ["Each Triton row: the config the model picks among the report's (count in brackets); grid = "
                   "programs; executed GFLOP = the SASS's MMA work (tile padding and duplicated dots included). "
-                  "Rows with op '-' or norm_pool run once per model, outside the blocks.", ""]  # fmt: skip
+                  "Rows with op '-' or norm_pool run once per model, outside the blocks. [b256 build]: the report "
+                  "has no batch-1 build of that kernel; its batch-256 build is modelled.", ""]  # fmt: skip
         lines += _kernel_table([*c["kernels"]["fastmixer"], *c["kernels"]["fastmixer rest"]])
     c0 = next((c for c in cases if c["batch"] != 1), cases[0])
     lines += ["", f"## {TITLE}: compile plan of one block, {c0['variant'].upper()} batch {c0['batch']}", ""]
@@ -1037,6 +1044,7 @@ def _kernel_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r["source"] == "triton":
             cfg = f"{r['config']} w{r['num_warps']} s{r['num_stages']} ({len(r['candidates'])})"
+            cfg += " [b256 build]" if r.get("build_note") else ""
             lines.append(
                 f"| {r['phase']} | {r['op']} | {r['kernel']} | {cfg} | {r['programs']} | {r['waves']} + {r['tail']} | "
                 f"{r['ctas_per_sm']} | {r['mma_kind']} | {r['useful_flops'] / 1e9:.1f} | "
