@@ -162,7 +162,8 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a kernel report (schema {data.get('schema')!r}, expected {SCHEMA}1)")
     if not isinstance(data.get("builds"), list) or str(ARCH) not in data.get("constants", {}):
         raise ValueError(f"{path}: a kernel report needs 'builds' and constants for sm_{ARCH}")
-    data["_path"] = str(path)
+    path = Path(path).resolve()
+    data["_path"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     return data
 
 
