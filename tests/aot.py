@@ -134,20 +134,47 @@ def _summary(module: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def source_fingerprint(fn: Any) -> list[str]:
+    """The source of a @triton.jit function and of every jit function it calls (transitively), plus the values of the
+    plain constants it reads: what decides the code it compiles to. Unlike triton's own cache key, line numbers do
+    not enter, so editing a kernel module elsewhere does not invalidate the kernel report."""
+    import ast
+
+    import triton
+
+    seen: dict[str, str] = {}
+
+    def visit(f: Any) -> None:
+        name = f"{f.fn.__module__}.{f.fn.__qualname__}"
+        if name in seen:
+            return
+        seen[name] = f.src
+        for node in ast.walk(ast.parse(f.src)):
+            if not isinstance(node, ast.Name) or node.id not in f.__globals__:
+                continue
+            value = f.__globals__[node.id]
+            if isinstance(value, triton.runtime.jit.JITFunction):
+                visit(value)
+            elif isinstance(value, (int, float, str, bool)):
+                seen[f"{name}:{node.id}"] = repr(value)
+
+    visit(fn)
+    return [f"{k}\n{v}" for k, v in sorted(seen.items())]
+
+
 def build_id(spec: dict[str, Any]) -> str:
     """Identity of a spec's build (per arch, add the arch): triton version, the kernel's source and the jit functions
-    it calls (triton's own dependency hash, less the line number it appends), signature, constexprs, attrs, warps and
-    stages. Equal ids compile to the same binary; a committed report row with this id describes this build."""
+    it calls (source_fingerprint), signature, constexprs, attrs, warps and stages. Equal ids compile to the same
+    binary up to line-number debug info; a committed report row with this id describes this build."""
     import hashlib
 
     import triton
 
     fn = spec["fn"]
-    source_hash = fn.cache_key[:64]  # DependenciesFinder's sha256; the digits after it are the starting line number
     attrs = sorted((list(k), v) for k, v in (spec.get("attrs") or {}).items() if v)
     ident = [
         triton.__version__,
-        source_hash,
+        source_fingerprint(fn),
         fn.__name__,
         sorted(spec["signature"].items()),
         sorted((k, repr(v)) for k, v in spec["constexprs"].items()),

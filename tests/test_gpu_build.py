@@ -1,54 +1,167 @@
-"""Ahead-of-time builds for H100 (sm_90) and A100 (sm_80), no GPU needed: every spec of every kernel module (each
-kernel x autotune config x dtype, as a GPU process lists them) compiles, does not spill, and fits the shared memory
-and register file of one block. See tests/aot.py for how the builds are made and measured."""
+"""Every AOT build of every kernel x autotune config x dtype route x shape, for sm_90 (H100) and sm_80 (A100), without
+a GPU: the committed kernel report stands for the full matrix, verified here.
+
+The full matrix (~700 builds, ~30 CPU-minutes) is built by `python bench/kernel_resources.py`, which writes
+bench/results/<date>-kernel-report.json. CI does not rebuild it; it checks that the newest committed report
+  * covers the current specs exactly: every (spec, arch) has a row with the spec's build_id (tests/aot.build_id: triton
+    version, the kernel's source and callees, the specialisation), so a kernel or spec change without a new report
+    fails here, naming the command to run;
+  * says every required build fits (no spills, no stack, shared memory and register file within the block limits),
+    and reports the sizes not yet required (must_fit=False) with their reason;
+  * is reproducible: a sample of rows (one per kernel and arch, chosen by build_id, so it moves as the code changes) is
+    rebuilt now and must match the committed row (registers, spills, shared memory, MMA mix, main-loop counts).
+Under another triton than the report's (the GPU machines' 3.6), coverage cannot be checked: the sample is built and
+checked for fit instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
 
 import aot
 import pytest
 
 pytestmark = pytest.mark.gpu_build
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGENERATE = "python bench/kernel_resources.py  (writes bench/results/<date>-kernel-report.{md,json})"
 
-def _kernel_params() -> list:
-    # One test per (module, spec, arch), listed by the build worker (a GPU process's view of the specs).
-    params = []
-    for module in aot.KERNEL_MODULES:
-        short = module.rsplit(".", 1)[-1]
-        try:
-            specs = aot.list_specs(module)
-        except Exception as e:
-            params.append(pytest.param(module, None, None, repr(e), id=f"{short}-unavailable"))
-            continue
-        for spec in specs:
-            for arch in aot.ARCHS:
-                params.append(pytest.param(module, spec, arch, None, id=f"{short}:{spec['name']}-sm{arch}"))
-    return params
+
+def _newest_report() -> tuple[str | None, dict | None]:
+    paths = sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*-kernel-report.json")))
+    if not paths:
+        return None, None
+    with open(paths[-1]) as f:
+        return paths[-1], json.load(f)
+
+
+REPORT_PATH, REPORT = _newest_report()
+
+
+def _triton_version() -> str:
+    import triton  # the worker runs this interpreter, so the same triton
+
+    return triton.__version__
+
+
+def _specs() -> list[dict]:
+    return [s for module in aot.KERNEL_MODULES for s in aot.list_specs(module)]
+
+
+def _rows() -> dict[tuple[str, int], dict]:
+    return {(r["build_id"], r["arch"]): r for r in REPORT["builds"] if r.get("build_id")}
+
+
+def _same_triton() -> bool:
+    return REPORT is not None and REPORT.get("triton") == _triton_version()
+
+
+def test_a_report_is_committed():
+    assert REPORT is not None, f"no bench/results/*-kernel-report.json; run {REGENERATE}"
+    assert REPORT["schema"].startswith("fastmixer.kernel_report/")
+
+
+def test_report_covers_the_current_specs():
+    if not _same_triton():
+        built_with = REPORT and REPORT.get("triton")
+        pytest.skip(f"{REPORT_PATH} was built with triton {built_with}, this is triton {_triton_version()}: its build "
+                    "ids cannot match (the sample test builds here instead)")  # fmt: skip
+    rows = _rows()
+    missing = [f"{s['name']} sm_{a}" for s in _specs() for a in aot.ARCHS if (s["build_id"], a) not in rows]
+    assert not missing, (
+        f"{len(missing)} current builds are not in {os.path.basename(REPORT_PATH)} (kernels or specs changed since): "
+        f"{missing[:5]} ...; run {REGENERATE} and commit it"
+    )
+
+
+def test_required_builds_fit():
+    if not _same_triton():
+        pytest.skip("report from another triton version (see test_report_covers_the_current_specs)")
+    rows = _rows()
+    bad, known = [], []
+    for spec in _specs():
+        for arch in aot.ARCHS:
+            row = rows.get((spec["build_id"], arch))
+            if row is None or row["status"] == "ok":
+                continue
+            why = row.get("error") or "; ".join(row["problems"])
+            (bad if spec["must_fit"] else known).append(f"{spec['name']} sm_{arch}: {row['status']}: {why}")
+    print(f"{len(known)} builds of sizes not yet required do not fit:", *known[:20], sep="\n  ")
+    assert not bad, "required builds do not fit:\n" + "\n".join(bad)
+
+
+def _sample() -> list[tuple[dict, int]]:
+    # One spec per (kernel function, arch): the one with the smallest build_id, so the sample moves when code does.
+    best: dict[tuple[str, int], dict] = {}
+    for spec in _specs():
+        for arch in aot.ARCHS:
+            key = (spec["kernel"], arch)
+            if key not in best or spec["build_id"] < best[key]["build_id"]:
+                best[key] = spec
+    return [(spec, arch) for (_, arch), spec in sorted(best.items())]
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.function.__name__ != "test_kernel_builds":
+    if metafunc.function.__name__ != "test_sample_rebuild_matches_the_report":
         return
     if "not gpu_build" in (metafunc.config.getoption("markexpr", "") or ""):
-        # Deselected anyway: do not start the build worker (it imports every kernel module) just to list specs.
-        params = [pytest.param(None, None, None, None, id="deselected")]
+        params = [pytest.param(None, None, id="deselected")]  # do not start the build worker just to list specs
     else:
-        params = _kernel_params()
-    metafunc.parametrize(("module", "spec", "arch", "error"), params)
+        params = [pytest.param(s, a, id=f"{s['kernel']}-sm{a}") for s, a in _sample()]
+    metafunc.parametrize(("spec", "arch"), params)
 
 
-def test_kernel_builds(module, spec, arch, error):
-    if error is not None:
-        pytest.fail(f"{module}.gpu_build_specs() is unavailable: {error}")
+COMPARED = ("registers", "stack_bytes", "local_bytes", "spill_stores", "spill_loads", "shared_bytes")
+
+
+def test_sample_rebuild_matches_the_report(spec, arch):
     res = aot.build(spec, arch)
-    print(res)
-    where = f"{module}:{spec['name']} on sm_{arch}"
-    if not spec.get("must_fit", True) and not res["ok"]:
-        # A size the current kernels are known not to serve (e.g. token mixing at 384/448 px): reported, not failed.
-        pytest.xfail(f"{where} does not fit yet: {'; '.join(res['problems'])}")
-    assert res["spill_stores"] == 0 and res["spill_loads"] == 0, f"{where} spills: {res}"
-    assert res["stack_bytes"] == 0 and res["local_bytes"] == 0, f"{where} uses stack/local memory: {res}"
-    shared = res["shared_bytes"] + res["static_shared_bytes"]
-    assert shared <= aot.SHARED_LIMIT[arch], f"{where}: {shared / 1024:.1f} KB shared > {aot.SHARED_LIMIT[arch]} B"
-    assert res["ok"], f"{where}: {res['problems']}"
+    where = f"{spec['name']} on sm_{arch}"
+    if not _same_triton():
+        if spec["must_fit"]:
+            assert res["ok"], f"{where}: {res['problems']}"
+        return
+    row = _rows().get((spec["build_id"], arch))
+    assert row is not None, f"{where} is not in the report; run {REGENERATE}"
+    assert {k: res[k] for k in COMPARED} == {k: row[k] for k in COMPARED}, where
+    assert res["ok"] == (row["status"] == "ok"), where
+    ours, theirs = res["sass"], row["sass"]
+    assert ours["counts"] == theirs["counts"] and ours["shapes"] == theirs["shapes"], where
+    assert (ours["main_loop"] or {}).get("instructions") == (theirs["main_loop"] or {}).get("instructions"), where
+    assert res["occupancy"] == row["occupancy"], where
+
+
+def test_report_rows_are_consistent():
+    """Every committed row carries a complete, self-consistent SASS and occupancy report (what the time model reads)."""
+    if REPORT is None:
+        pytest.skip("no report")
+    import sass
+
+    for row in REPORT["builds"]:
+        if row["status"] not in ("ok", "does_not_fit"):
+            continue
+        where = f"{row['name']} sm_{row['arch']}"
+        rep, occ = row["sass"], row["occupancy"]
+        assert rep and "error" not in rep, where
+        counts = rep["counts"]
+        tensor = sum(counts[k] for k in sass.TENSOR_MMA)
+        if row["arch"] < 90:
+            assert counts["HGMMA"] == 0, f"{where}: wgmma on sm_{row['arch']}"
+        ml = rep["main_loop"]
+        if rep.get("ir_dots"):
+            assert tensor or counts["FFMA"], f"{where}: tl.dot but no MMA/FFMA in the SASS"
+            assert ml is not None and ml["mma_kind"] is not None, f"{where}: no main loop with matrix work"
+            assert ml["mma_flops_per_cta"] > 0 and ml["mma_cycles"] > 0 and ml["issue_over_mma"] > 0, where
+        else:
+            assert tensor == 0, f"{where}: tensor MMA without a tt.dot"
+        if ml is not None:
+            assert 0 < ml["instructions"] <= rep["instructions"], where
+            assert ml["issue_cycles"] == ml["instructions"] * max(row["num_warps"], 4) / 4, where
+        assert occ["warps_per_sm"] == occ["ctas_per_sm"] * row["num_warps"], where
+        if row["status"] == "ok":
+            assert occ["ctas_per_sm"] >= 1, where
 
 
 # ------------------------------------------------------------------------------------------------ the checker itself
