@@ -186,10 +186,15 @@ def _shape_ok(row: dict[str, Any], shape: tuple[str, int, int] | None) -> bool:
     return (width, str(S), str(build_batch)) in labels
 
 
-def _consts_ok(row: dict[str, Any], args: dict[str, Any]) -> bool:
-    """The launch's own constexprs (ints and strings; not flags) equal the build's: same tiles, same S, same route."""
+def _consts_ok(row: dict[str, Any], args: dict[str, Any], flags: bool = True) -> bool:
+    """The launch's own constexprs equal the build's: ints and strings always (same tiles, same S, same route), the
+    boolean flags (HAS_SCALE, ROW_SUM, ...) only when `flags`."""
     for k, v in (row.get("constexprs") or {}).items():
-        if k not in args or isinstance(v, bool) or isinstance(args[k], bool):
+        if k not in args:
+            continue
+        if isinstance(v, bool) or isinstance(args[k], bool):
+            if flags and bool(v) != bool(args[k]):
+                return False
             continue
         if isinstance(v, (int, str)) and isinstance(args[k], (int, str)) and args[k] != v:
             return False
@@ -204,8 +209,23 @@ def report_rows(
     args: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The sm_90 builds of `kernel` for the dtype route (the row's `route`, e.g. "bf16"; "fp32+bf16" is autocast's),
-    the shape (width letter, S, batch) and the launch's constexpr arguments: one row per autotune config.
-    Builds that failed are left out; builds that do not fit are kept (they are reported as not launching)."""
+    the shape (width letter, S, batch) and the launch's constexpr arguments: one row per autotune config. Builds whose
+    boolean flags also equal the launch's are preferred; without any, the flags are not compared (they change only
+    prologue/epilogue work). Builds that failed are left out; builds that do not fit are kept (they do not launch)."""
+    rows = _report_rows(report, kernel, dtype, shape, args, flags=True)
+    if not rows and args is not None:
+        rows = _report_rows(report, kernel, dtype, shape, args, flags=False)
+    return rows
+
+
+def _report_rows(
+    report: dict[str, Any],
+    kernel: str,
+    dtype: str,
+    shape: tuple[str, int, int] | None,
+    args: dict[str, Any] | None,
+    flags: bool,
+) -> list[dict[str, Any]]:
     rows = []
     seen = set()
     for r in report["builds"]:
@@ -216,7 +236,7 @@ def report_rows(
             continue
         if not isinstance(r.get("sass"), dict) or "instructions" not in r["sass"]:  # not built, or SASS unread
             continue
-        if not _shape_ok(r, shape) or (args is not None and not _consts_ok(r, args)):
+        if not _shape_ok(r, shape) or (args is not None and not _consts_ok(r, args, flags)):
             continue
         key = (r.get("config"), r["num_warps"], r["num_stages"], json.dumps(r.get("constexprs"), sort_keys=True))
         if key not in seen:

@@ -155,6 +155,16 @@ def test_report_rows_match_dtype_shape_and_batch():
     assert tm.report_rows(rep, "_token_mix_fwd_kernel", "bf16", ("H", 196, 256), args) == []
     assert len(tm.report_rows(rep, "_token_mix_fwd_kernel", "fp32+bf16", ("B", 196, 256), args)) == 1  # autocast
     assert tm.report_rows(rep, "_token_mix_fwd_kernel", "fp32", ("B", 196, 256), args) == []
+    # boolean flags: the build with the launch's flags is preferred; without one, flags are not compared
+    flagged = fx.report([
+        fx.row("_ln_prep_kernel", dict(BLOCK_R=2, COL_SUM=True, ROW_SUM=False), config="col"),
+        fx.row("_ln_prep_kernel", dict(BLOCK_R=2, COL_SUM=False, ROW_SUM=True), config="row"),
+    ])  # fmt: skip
+    launch = dict(BLOCK_R=2, COL_SUM=False, ROW_SUM=True)
+    assert [r["config"] for r in tm.report_rows(flagged, "_ln_prep_kernel", "bf16", None, launch)] == ["row"]
+    launch = dict(BLOCK_R=2, COL_SUM=True, ROW_SUM=True)
+    assert len(tm.report_rows(flagged, "_ln_prep_kernel", "bf16", None, launch)) == 2
+    assert tm.report_rows(flagged, "_ln_prep_kernel", "bf16", None, dict(launch, BLOCK_R=4)) == []
 
 
 def test_gemm_model_big_gemm_near_assumed_efficiency_small_one_memory_bound():
