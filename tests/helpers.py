@@ -1,7 +1,11 @@
 """Shared test helpers (import as `from helpers import ...`; tests/ is on sys.path)."""
 
+import socket
+import time
+from collections.abc import Callable
 from functools import partial
 
+import pytest
 import torch
 
 
@@ -40,3 +44,24 @@ def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
     )
     t.load_state_dict(model.state_dict(), strict=True)
     return t.to(next(model.parameters()).device).train(model.training)
+
+
+def run_ranks(worker: Callable, out_dir, world: int, timeout_s: float, what: str) -> None:
+    """Spawn `world` processes running worker(rank, port, str(out_dir)) on a free loopback port and wait for them;
+    fail the test after timeout_s, and never leave a worker behind. Workers report through files in out_dir."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(worker, args=(port, str(out_dir)), nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} workers did not finish within {timeout_s} s")
+    finally:
+        for p in ctx.processes:  # only the workers started above
+            if p.is_alive():
+                p.terminate()
+                p.join(10)

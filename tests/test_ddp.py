@@ -6,18 +6,15 @@ and the parent waits at most _TIMEOUT_S before it terminates the workers it star
 """
 
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import randomize_
+from helpers import randomize_, run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 import fastmixer
@@ -74,27 +71,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (gradients dict or a traceback string)."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + _TIMEOUT_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish within {_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:  # only the two workers started above
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
+    run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "DDP")
     return {b: [torch.load(out_dir / f"{b}_rank{r}.pt", weights_only=False) for r in range(WORLD)] for b in BACKENDS}
 
 

@@ -8,18 +8,15 @@ One spawn serves both backends; the parent waits at most _TIMEOUT_S before it te
 """
 
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import randomize_
+from helpers import randomize_, run_ranks
 
 import fastmixer
 
@@ -110,27 +107,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (dicts or traceback strings)."""
     out_dir = tmp_path_factory.mktemp("fsdp")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + _TIMEOUT_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"FSDP workers did not finish within {_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:  # only the two workers started above
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
+    run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "FSDP")
     probe = torch.load(out_dir / "probe_rank0.pt", weights_only=False)
     if probe != "ok":
         last = probe.strip().splitlines()[-1]
