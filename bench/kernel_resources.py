@@ -50,9 +50,25 @@ def _labels(summary: dict[str, Any]) -> tuple[str, str, str]:
     return route, config, ",".join(rest)
 
 
-def build_row(summary: dict[str, Any], arch: int) -> dict[str, Any]:
+def reusable_rows(path: str, triton_version: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Rows of an earlier report that still describe a current build, keyed by (build_id, arch): same triton, same
+    build_id (kernel source and callees, specialisation). Failed or errored rows are built again."""
+    with open(path) as f:
+        report = json.load(f)
+    if report.get("triton") != triton_version:
+        print(f"--update: {path} is from triton {report.get('triton')}, this is {triton_version}: nothing reused")
+        return {}
+    return {
+        (r["build_id"], r["arch"]): r
+        for r in report["builds"]
+        if r.get("build_id") and r.get("status") in ("ok", "does_not_fit")
+    }
+
+
+def _row_labels(summary: dict[str, Any], arch: int) -> dict[str, Any]:
+    """The identifying columns of a row (what a reused row takes from the current spec)."""
     route, config, shape = _labels(summary)
-    row: dict[str, Any] = dict(
+    return dict(
         module=summary["module"],
         name=summary["name"],
         kernel=summary["kernel"],
@@ -67,6 +83,10 @@ def build_row(summary: dict[str, Any], arch: int) -> dict[str, Any]:
         arch=arch,
         build_id=summary.get("build_id"),  # tests/aot.build_id: the committed row stands for this exact build
     )
+
+
+def build_row(summary: dict[str, Any], arch: int) -> dict[str, Any]:
+    row = _row_labels(summary, arch)
     try:
         res = aot.build(summary, arch)
     except aot.BuildError as e:
@@ -401,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selftest", action="store_true", help="also report tests/aot.py's small self-test kernels")
     parser.add_argument("--sass-dir", help="also write each build's SASS text (cuobjdump) into this folder")
     parser.add_argument("--from-json", help="re-render the Markdown of this JSON report (no builds)")
+    parser.add_argument(
+        "--update",
+        help="an earlier report JSON: keep its rows whose build_id (tests/aot.build_id) and arch match a current "
+        "build, build only the rest (a kernel change rebuilds that kernel's specs, not all ~700)",
+    )
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -423,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import triton
 
+    reuse = reusable_rows(args.update, triton.__version__) if args.update else {}
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for module in modules:
@@ -439,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.filter not in summary["name"]:
                 continue
             for arch in archs:
-                row = build_row(summary, arch)
+                old = reuse.get((summary.get("build_id"), arch))
+                row = {**old, **_row_labels(summary, arch)} if old else build_row(summary, arch)
                 rows.append(row)
                 ml = _main(row)
                 print(

@@ -70,3 +70,16 @@ def test_report_keeps_every_row_and_lists_what_does_not_fit():
     body = md[md.index("## fastmixer.kernels.k") :]
     assert body.count("\n| _k |") == 4  # every build is a row, the failed one too
     assert "HMMA 20% of MMA FLOPs" in md  # the HGMMA/HMMA split of the mixed loop
+
+
+def test_update_reuses_only_matching_rows_of_the_same_triton(tmp_path):
+    rows = [
+        dict(_row("a", 90, "ok"), build_id="id-a"),
+        dict(_row("b", 80, "does_not_fit"), build_id="id-b"),
+        dict(_row("c", 90, "build_failed"), build_id="id-c"),  # failed builds are tried again
+        _row("d", 90, "ok"),  # a row without a build_id cannot stand for any build
+    ]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"triton": "3.8.0", "builds": rows}))
+    assert set(kr.reusable_rows(str(path), "3.8.0")) == {("id-a", 90), ("id-b", 80)}
+    assert kr.reusable_rows(str(path), "3.6.0") == {}
