@@ -76,6 +76,8 @@ class Shape:
 MODEL_SHAPES = tuple(Shape(w, s, b) for w, s in (("B", 196), ("L", 196), ("H", 256)) for b in (256, 1))
 # Training launches (the backward kernels): the model shapes at batch 256.
 TRAIN_SHAPES = tuple(s for s in MODEL_SHAPES if s.batch == 256)
+# Small-batch training (batch 1: M = S rows, not a multiple of 16 at S = 196): the backward kernels' other builds.
+SMALL_TRAIN_SHAPES = tuple(s for s in MODEL_SHAPES if s.batch == 1)
 # Every token count the token-mixing kernels must serve (they take S as a constexpr): 224/384/448 px at patches
 # 32/16/14, at the widths that have those sizes (S/B/L at patch 32 and 16, H at 14), batch 256.
 TOKEN_SHAPES = (Shape("B", 49, 256), Shape("B", 576, 256), Shape("B", 784, 256), Shape("H", 1024, 256))

@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, pick_configs
-from fastmixer.kernels._specs import ROUTE_DTYPES, TRAIN_SHAPES, Case, Ptr, SpecSet
+from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.mix_args import MixArgs, check_mix_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
@@ -430,9 +430,11 @@ def channel_mix_bwd(
 # ------------------------------------------------------------------------------------------------ AOT build specs
 def spec_cases() -> list[Case]:
     """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
-    drop-path, with it for bf16 and autocast, and the tanh-approximate GELU at B/16 bf16."""
+    drop-path, with it for bf16 and autocast, bf16 and autocast at batch 1, and the tanh-approximate GELU at B/16
+    bf16."""
     cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
     cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
+    cases += [Case(route, shape) for route in ("bf16", "fp32+bf16") for shape in SMALL_TRAIN_SHAPES]
     return [*cases, Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh")]
 
 

@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastmixer.kernels._common import dot_precision, gelu_and_grad, pick_configs
-from fastmixer.kernels._specs import ROUTE_DTYPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
+from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.kernels.channel_mix_bwd import (
     _dot,
     _f32_dot_needed,
@@ -297,11 +297,12 @@ def token_mix_bwd(
 # ------------------------------------------------------------------------------------------------ AOT build specs
 def spec_cases() -> list[Case]:
     """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
-    drop-path, with it for bf16 and autocast, the tanh-approximate GELU at B/16 bf16, and bf16 / fp32 at every other
-    supported token count (S_PAD is a constexpr of the main kernel)."""
+    drop-path, with it for bf16 and autocast, the tanh-approximate GELU at B/16 bf16, bf16 and autocast at batch 1, and
+    bf16 / fp32 at every other supported token count (S_PAD is a constexpr of the main kernel)."""
     cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
     cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
     cases.append(Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh"))
+    cases += [Case(route, shape) for route in ("bf16", "fp32+bf16") for shape in SMALL_TRAIN_SHAPES]
     return cases + [Case(route, shape) for route in ("bf16", "fp32") for shape in TOKEN_SHAPES]
 
 
@@ -310,7 +311,7 @@ def gpu_build_specs() -> list[dict]:
     (kernels/_specs.py derives signature and divisibility as the JIT does). Token counts outside the 224 px model
     shapes are must_fit=False: reported, not yet required to fit."""
     specs = SpecSet("token_mix_bwd")
-    train = {shape.label for shape in TRAIN_SHAPES}
+    train = {shape.label for shape in (*TRAIN_SHAPES, *SMALL_TRAIN_SHAPES)}
     for case in spec_cases():
         route, shape = case.tag, case.shape
         _, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
