@@ -57,6 +57,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "tests"))  # tests/sass.py: the SASS reader (pure text functions)
+from sass import mma_dtype, mma_flops  # noqa: E402
+
 SCHEMA = "fastmixer.kernel_report/"
 ARCH = 90  # H100 and H200 are both sm_90
 TITLE = "MODEL"
@@ -316,43 +319,10 @@ def _wgrad(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=[m["b_per_split"] * _cdiv(m["K"], m["BLOCK_K"])], flops=2 * m["NB"] * m["P"] * m["Q"] * m["K"])
 
 
-_TENSOR_MMA = ("HGMMA", "HMMA", "IMMA", "DMMA")
-_HGMMA_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
-_SYNC_SHAPES = {"16816": (16, 8, 16), "1688": (16, 8, 8), "16832": (16, 8, 32), "884": (8, 8, 4), "8816": (8, 8, 16)}
-
-
-def op_flops(op: str, num_warps: int) -> int:
-    """CTA FLOPs of one issue of a matrix opcode (the report's counting rule: HGMMA per warpgroup, HMMA/IMMA/DMMA per
-    warp, FFMA 64 per warp); 0 if the shape cannot be read."""
-    parts = op.split(".")
-    kind = parts[0]
-    if kind == "FFMA":
-        return 64 * num_warps
-    if kind not in _TENSOR_MMA or len(parts) < 2:
-        return 0
-    if kind == "HGMMA":
-        m = _HGMMA_SHAPE.match(parts[1])
-        return 2 * _prod(m.groups()) * num_warps // 4 if m else 0
-    dims = _SYNC_SHAPES.get(parts[1])
-    return 2 * _prod(dims) * num_warps if dims else 0
-
-
-def op_rate_key(op: str) -> str:
-    """The key of an opcode's input type in the report's mma_flop_per_cycle_per_sm table."""
-    kind, parts = op.split(".")[0], set(op.split(".")[1:])
-    if kind == "FFMA":
-        return "ffma_fp32"
-    if kind == "DMMA":
-        return "fp64"
-    if kind == "IMMA":
-        return "int8"
-    if "BF16" in parts:
-        return "bf16"
-    if "TF32" in parts:
-        return "tf32"
-    if parts & {"E4M3", "E5M2"}:
-        return "fp8"
-    return "fp16"
+# The report's counting rule for one issue of a matrix opcode (HGMMA per warpgroup, HMMA/IMMA/DMMA per warp, FFMA 64 per
+# warp) and the key of its input type in the report's per-SM rate table: tests/sass.py, which wrote the report.
+op_flops = mma_flops
+op_rate_key = mma_dtype
 
 
 def program_work(row: dict[str, Any], trips: Sequence[int]) -> dict[str, Any]:

@@ -574,23 +574,3 @@ def count_variant(
 
 def _as_dict(k: Kernel) -> dict[str, Any]:
     return {f.name: getattr(k, f.name) for f in dataclasses.fields(k) if f.name not in ("launch", "grid", "args")}
-
-
-def format_counts(result: dict[str, Any]) -> str:
-    """Markdown table of a `count_variant` result."""
-    lines = [
-        f"Counts for {result['variant']} ({result['num_blocks']} blocks), batch {result['batch']}, {result['dtype']}. "
-        f"Modelled time: roofline MODEL on {result['roofline']['name']} "
-        f"(max(flops/peak, bytes/bandwidth) + {result['roofline']['launch_us']} us per launch), not a measurement.",
-        "",
-        "| provider | phase | launches | per block | GB moved | GFLOP | modelled ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in ("fastmixer", "timm eager"):
-        for phase, s in result[name].items():
-            per_block = "" if s["launches_per_block"] is None else str(s["launches_per_block"])
-            lines.append(
-                f"| {name} | {phase} | {s['launches']} | {per_block} | {s['gbytes']:.2f} | {s['gflops']:.0f} | "
-                f"{s['model_us'] / 1e3:.3f} |"
-            )
-    return "\n".join(lines)

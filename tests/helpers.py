@@ -65,3 +65,29 @@ def run_ranks(worker: Callable, out_dir, world: int, timeout_s: float, what: str
             if p.is_alive():
                 p.terminate()
                 p.join(10)
+
+
+# The distributed tests' model and data (tests/test_ddp.py, tests/test_fsdp.py): S = 36 tokens, C = 40 channels.
+DIST_ARCH = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)
+
+
+def dist_model() -> torch.nn.Module:
+    """The distributed tests' Mixer, in train mode; the same weights in every process (randomize_ is seeded)."""
+    import fastmixer
+
+    return randomize_(fastmixer.MlpMixer(**DIST_ARCH)).train()
+
+
+def dist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images [n, 3, 42, 42] and labels, the same in every process."""
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(n, 3, 42, 42, generator=g), torch.arange(n) % 5
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes: one intra-op thread (two spinning threads per process crawl on a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,7 @@ from conftest import DEVICE
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
-from fastmixer import counting
+from fastmixer import benchmark, counting
 
 TINY = dict(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=24)  # S = 16 tokens, C = 24
 
@@ -131,7 +131,7 @@ def test_count_variant_b16_fastmixer_beats_timm(triton_backend):
     assert fm["gflops"] == pytest.approx(64 * per_image / 1e9, rel=1e-9)
     with pytest.raises(ValueError, match="batch"):
         counting.count_variant("b16", batch=0)
-    assert "roofline MODEL" in counting.format_counts(r)
+    assert "roofline MODEL" in benchmark.counts_markdown(r)  # the one Markdown form of a count
 
 
 def test_triton_launches_keep_grid_and_arguments(tiny_pair, triton_backend):

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import randomize_, run_ranks
+from helpers import dist_batch, dist_model, one_thread, run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 import fastmixer
@@ -23,26 +23,8 @@ WORLD = 2
 GLOBAL_BATCH = 6  # 3 images per rank
 # CPU tensors reach the Triton kernels only under the interpreter (conftest sets it on machines without CUDA).
 BACKENDS = ("reference", "triton") if INTERPRET else ("reference",)
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 _TIMEOUT_S = 240
-_ARCH = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)  # S = 36, C = 40
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread (two spinning threads per process crawl on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _model() -> torch.nn.Module:
-    return randomize_(fastmixer.MlpMixer(**_ARCH)).train()  # randomize_ uses its own seeded generator
-
-
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(GLOBAL_BATCH, 3, 42, 42, generator=g), torch.arange(GLOBAL_BATCH) % 5
 
 
 def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -58,12 +40,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=90))
     try:
-        x, y = _batch()
+        x, y = dist_batch(GLOBAL_BATCH)
         shard = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
         for backend in BACKENDS:
             try:
                 with fastmixer.use_backend(backend):
-                    result = _grads(DistributedDataParallel(_model()), x[shard], y[shard])
+                    result = _grads(DistributedDataParallel(dist_model()), x[shard], y[shard])
             except Exception:
                 result = traceback.format_exc()
             torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
@@ -86,9 +68,9 @@ def test_ddp_gradients_equal_single_process(ddp_results, backend):
     ranks = ddp_results[backend]
     for r, result in enumerate(ranks):
         assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
-    x, y = _batch()
+    x, y = dist_batch(GLOBAL_BATCH)
     with fastmixer.use_backend(backend):
-        single = _grads(_model(), x, y)
+        single = _grads(dist_model(), x, y)
     assert ranks[0].keys() == single.keys()
     worst = 0.0
     for name, g in single.items():
@@ -97,7 +79,7 @@ def test_ddp_gradients_equal_single_process(ddp_results, backend):
         worst = max(worst, (ranks[0][name] - g).abs().max().item())
     # Not vacuous: one rank's local gradient (its half batch alone) differs from the global one.
     with fastmixer.use_backend(backend):
-        local = _grads(_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD])
+        local = _grads(dist_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD])
     gap = max((local[n] - single[n]).abs().max().item() for n in single)
     assert gap > 1e-3
     print(

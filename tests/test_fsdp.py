@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import randomize_, run_ranks
+from helpers import dist_batch, dist_model, one_thread, run_ranks
 
 import fastmixer
 
@@ -33,25 +33,8 @@ GLOBAL_BATCH = 6  # 3 images per rank
 STEPS = 2
 # CPU tensors reach the Triton kernels only under the interpreter (conftest sets it on machines without CUDA).
 BACKENDS = ("reference", "triton") if INTERPRET else ("reference",)
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 _TIMEOUT_S = 300
-_ARCH = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)  # S = 36, C = 40
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _model() -> torch.nn.Module:
-    return randomize_(fastmixer.MlpMixer(**_ARCH)).train()  # randomize_ uses its own seeded generator
-
-
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(GLOBAL_BATCH, 3, 42, 42, generator=g), torch.arange(GLOBAL_BATCH) % 5
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -94,12 +77,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except Exception:
             torch.save(traceback.format_exc(), os.path.join(out_dir, f"probe_rank{rank}.pt"))
             return
-        x, y = _batch()
+        x, y = dist_batch(GLOBAL_BATCH)
         shard = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
         for backend in BACKENDS:
             try:
                 with fastmixer.use_backend(backend):
-                    result = _train(_shard(_model()), x[shard], y[shard])
+                    result = _train(_shard(dist_model()), x[shard], y[shard])
             except Exception:
                 result = traceback.format_exc()
             torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
@@ -126,9 +109,9 @@ def test_fsdp2_training_equals_single_process(fsdp_results, backend):
     ranks = fsdp_results[backend]
     for r, result in enumerate(ranks):
         assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
-    x, y = _batch()
+    x, y = dist_batch(GLOBAL_BATCH)
     with fastmixer.use_backend(backend):
-        single = _train(_model(), x, y)
+        single = _train(dist_model(), x, y)
     worst = {}
     for what in ("grads", "params"):
         assert ranks[0][what].keys() == single[what].keys()
@@ -140,11 +123,11 @@ def test_fsdp2_training_equals_single_process(fsdp_results, backend):
                 )
             worst[what] = max(worst[what], (ranks[0][what][name] - want).abs().max().item())
     # Not vacuous: training moved the weights, and one rank's half batch alone gives other gradients.
-    start = dict(_model().named_parameters())
+    start = dict(dist_model().named_parameters())
     moved = max((single["params"][n] - start[n].detach()).abs().max().item() for n in start)
     assert moved > 1e-3
     with fastmixer.use_backend(backend):
-        local = _train(_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD], steps=1)
+        local = _train(dist_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD], steps=1)
     gap = max((local["grads"][n] - single["grads"][n]).abs().max().item() for n in single["grads"])
     assert gap > 1e-3
     print(
