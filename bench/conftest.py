@@ -1,4 +1,4 @@
-"""`pytest bench/`: fastmixer vs timm eager vs torch.compile vs bare cuBLAS GEMMs, through fastmixer.benchmark.
+"""`pytest bench/`: fastmixer vs timm eager vs torch.compile vs bare cuBLAS GEMMs, through fastmixer.bench.harness.
 
 On CUDA: real sizes (batch FASTMIXER_BENCH_BATCH, default 256; bf16), CUDA-event timings after warm-up recorded in each
 benchmark's extra_info (img/s, TFLOP/s, % of peak, peak memory). On CPU: a smoke run of the same suite at batch 1 on the
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from fastmixer import benchmark
+from fastmixer.bench import harness
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -29,19 +29,19 @@ def _fresh_inductor_cache(tmp_path_factory, monkeypatch):
     yield
 
 
-def run_case(benchmark_fixture, case: benchmark.Case) -> None:
+def run_case(benchmark, case: harness.Case) -> None:
     """Time `case` with pytest-benchmark (each round synchronised) and attach the harness's metrics."""
-    if DEVICE.type == "cpu" and not benchmark.cpu_compile_allowed(case, CPU_COMPILE):
+    if DEVICE.type == "cpu" and not harness.cpu_compile_allowed(case, CPU_COMPILE):
         pytest.skip(f"torch.compile on CPU is slow (~0.5-1 min per graph); FASTMIXER_BENCH_CPU_COMPILE={CPU_COMPILE}")
-    timer = benchmark.Timer(benchmark.build_step(case, DEVICE), DEVICE)
+    timer = harness.Timer(harness.build_step(case, DEVICE), DEVICE)
     if CUDA:
         torch.cuda.reset_peak_memory_stats(DEVICE)
     try:
-        benchmark_fixture.pedantic(timer, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+        benchmark.pedantic(timer, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     finally:
         if case.provider.endswith("+compile"):
             torch._dynamo.reset()
     peak = torch.cuda.max_memory_allocated(DEVICE) if CUDA else None
-    m = benchmark.metrics(case, timer.ms[WARMUP:], DEVICE, peak)
-    benchmark_fixture.extra_info.update({**m, "label": case.label, "device": benchmark.environment(DEVICE)["device"]})
+    m = harness.metrics(case, timer.ms[WARMUP:], DEVICE, peak)
+    benchmark.extra_info.update({**m, "label": case.label, "device": harness.environment(DEVICE)["device"]})
     assert len(timer.ms) == WARMUP + ROUNDS and m["img_s"] > 0

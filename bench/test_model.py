@@ -3,14 +3,12 @@
 import pytest
 from conftest import BATCH, BLOCKS, DTYPE, run_case
 
-from fastmixer import benchmark
+from fastmixer.bench import harness
 
 
-@pytest.mark.parametrize("provider", benchmark.PROVIDERS)
-@pytest.mark.parametrize("mode", benchmark.MODEL_MODES)
+@pytest.mark.parametrize("provider", harness.PROVIDERS)
+@pytest.mark.parametrize("mode", harness.MODEL_MODES)
 @pytest.mark.parametrize("variant", ["b16", "l16"])
 def test_model(benchmark, variant, mode, provider):
-    from fastmixer import benchmark as harness
-
-    benchmark.group = f"{variant} {mode}"
+    benchmark.group = f"{variant} {mode}"  # benchmark: pytest-benchmark's fixture
     run_case(benchmark, harness.Case("model", variant, mode, provider, BATCH, DTYPE, num_blocks=BLOCKS))

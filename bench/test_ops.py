@@ -3,14 +3,12 @@
 import pytest
 from conftest import BATCH, DTYPE, run_case
 
-from fastmixer import benchmark
+from fastmixer.bench import harness
 
 
-@pytest.mark.parametrize("provider", benchmark.PROVIDERS)
-@pytest.mark.parametrize("mode", benchmark.OP_MODES)
-@pytest.mark.parametrize("op", benchmark.OPS)
+@pytest.mark.parametrize("provider", harness.PROVIDERS)
+@pytest.mark.parametrize("mode", harness.OP_MODES)
+@pytest.mark.parametrize("op", harness.OPS)
 def test_op(benchmark, op, mode, provider):
-    from fastmixer import benchmark as harness
-
-    benchmark.group = f"{op} {mode}"
+    benchmark.group = f"{op} {mode}"  # benchmark: pytest-benchmark's fixture
     run_case(benchmark, harness.Case("op", op, mode, provider, BATCH, DTYPE, variant="b16"))

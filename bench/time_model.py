@@ -612,7 +612,7 @@ def gpu_launch_params() -> Iterator[None]:
 
 
 def _dims(variant: str) -> dict[str, int]:
-    from fastmixer.benchmark import _dims as bench_dims
+    from fastmixer.bench.harness import _dims as bench_dims
 
     return bench_dims(variant)
 
@@ -624,7 +624,7 @@ def count_case(variant: str, batch: int, dtype: Any, num_blocks: int | None = No
     import torch
 
     import fastmixer
-    from fastmixer import counting
+    from fastmixer.bench import counting
     from fastmixer.kernels import channel_mix, channel_mix_bwd, norm_pool, token_mix, token_mix_bwd  # noqa: F401
     from fastmixer.weights import to_timm
 

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 DEFAULT_MODEL = "mixer_b16_224"
-PROVIDERS = ("fastmixer", "fastmixer+compile", "timm", "timm+compile", "cublas")  # fastmixer.benchmark.PROVIDERS
-DTYPES = ("fp32", "fp16", "bf16")  # keys of fastmixer.benchmark.DTYPES
+PROVIDERS = ("fastmixer", "fastmixer+compile", "timm", "timm+compile", "cublas")  # fastmixer.bench.harness.PROVIDERS
+DTYPES = ("fp32", "fp16", "bf16")  # keys of fastmixer.bench.harness.DTYPES
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +157,7 @@ def _bench(sub: Any) -> None:
         help="re-render the tables (and with --out, the files) of a saved report JSON, without measuring",
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.set_defaults(handler="benchmark:main")
+    p.set_defaults(handler="bench.harness:main")
 
 
 def build_parser() -> argparse.ArgumentParser:

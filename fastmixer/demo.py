@@ -4,7 +4,7 @@
 2. CPU only: the fused Triton kernels run under the interpreter on the first B/16 block(s), in a child process
    (TRITON_INTERPRET must be set before triton is imported), printing progress as it goes; the same run measures the
    activations each model keeps for backward (fastmixer saves each fused op's input and recomputes the rest).
-3. counts (no GPU needed, fastmixer.counting): kernel launches and compulsory bytes per forward / backward.
+3. counts (no GPU needed, fastmixer.bench.counting): kernel launches and compulsory bytes per forward / backward.
 4. speed: interleaved rounds (fastmixer, timm, [timm+compile]; the order rotates every round), medians and spread of
    each, and a verdict on the per-round ratios by `speed_verdict`'s written rule. On CPU fastmixer runs its reference
    path, which is timm's own aten math (bit-identical logits), so any CPU difference is noise and the rule says so.
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fastmixer import benchmark
+from fastmixer.bench import harness
 
 MIN_ROUNDS = 5  # with fewer rounds no outcome passes the sign test below
 MARGIN = 0.05  # a round counts for a side only when the ratio is beyond 1 +- 5 %
@@ -84,7 +84,7 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int, device: torch
     """Time each step once per round (mean of `calls` calls), rotating the order every round: A B, B A, A B, ...
     (three steps: A B C, B C A, C A B). Returns {name: [ms per round]}."""
     names = list(steps)
-    timers = {n: benchmark.Timer(fn, device) for n, fn in steps.items()}
+    timers = {n: harness.Timer(fn, device) for n, fn in steps.items()}
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -101,7 +101,7 @@ def logits_vs_timm(checkpoint: str | None, device: torch.device, batch: int = 2)
     """(max |fastmixer - timm| logit difference, max |logit|, fastmixer model, timm model): Mixer-B/16, fp32."""
     import fastmixer
 
-    ours, theirs = benchmark.build_models("b16")
+    ours, theirs = harness.build_models("b16")
     if checkpoint is not None:
         ours = fastmixer.create_model("mixer_b16_224", checkpoint_path=checkpoint)
         theirs.load_state_dict(ours.state_dict(), strict=True)
@@ -120,10 +120,10 @@ def interpreted_check(num_blocks: int = 1, progress: Callable[[str], None] | Non
     progress: called with a line as each block starts and ends.
     """
     import fastmixer
-    from fastmixer.memory import saved_bytes
+    from fastmixer.bench.memory import saved_bytes
 
     say = progress or (lambda line: None)
-    ours, theirs = benchmark.build_models("b16", num_blocks=num_blocks)
+    ours, theirs = harness.build_models("b16", num_blocks=num_blocks)
     ours.eval(), theirs.eval()
     n = len(ours.blocks)
     for i, blk in enumerate(ours.blocks):
@@ -226,7 +226,7 @@ def _mb(nbytes: float) -> str:
 
 
 def _print_counts(saved: dict[str, float] | None, saved_note: str) -> None:
-    from fastmixer import counting
+    from fastmixer.bench import counting
 
     batch, dtype = 64, torch.bfloat16
     c = counting.count_variant("b16", batch=batch, dtype=dtype, backward=True)
@@ -256,7 +256,7 @@ def _print_counts(saved: dict[str, float] | None, saved_note: str) -> None:
 
 
 def _cuda_saved(ours: Any, theirs: Any, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    from fastmixer.memory import saved_bytes
+    from fastmixer.bench.memory import saved_bytes
 
     x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
     ours_saved = saved_bytes(lambda t: ours(t).detach(), x, params=list(ours.parameters()))
@@ -271,7 +271,7 @@ def _speed(ours: Any, theirs: Any, device: torch.device, batch: int, rounds: int
     dtype = torch.bfloat16 if cuda else torch.float32
     models = {"fastmixer": ours.to(dtype=dtype), "timm": theirs.to(dtype=dtype)}
     if cuda:
-        models["timm+compile"] = benchmark._compile(theirs, "timm+compile", device)
+        models["timm+compile"] = harness._compile(theirs, "timm+compile", device)
     x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
     backend = "triton" if cuda else "reference"
 
@@ -330,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--interpreted-blocks must be 0..12, got {args.interpreted_blocks}")
     cuda = device.type == "cuda"
     t0 = time.perf_counter()
-    env = benchmark.environment(device)
+    env = harness.environment(device)
     print(f"fastmixer demo on {env['device']} (torch {env['torch']}, triton {env['triton']}, timm {env['timm']})")
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights"
     if cuda:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fastmixer import benchmark
+from fastmixer.bench import harness
 from fastmixer.cli import main as cli_main
 
 
@@ -16,48 +16,48 @@ def test_model_flops_match_mixer_formula():
     S, C, Dt, Dc, L = 196, 768, 384, 3072, 12
     blocks = L * (2 * (2 * S * C * Dt) + 2 * (2 * S * C * Dc))
     stem_head = 2 * S * C * 3 * 16 * 16 + 2 * C * 1000
-    assert benchmark.gemm_flops(benchmark.model_gemms("b16", 1)) == blocks + stem_head
-    assert benchmark.gemm_flops(benchmark.model_gemms("b16", 8)) == 8 * (blocks + stem_head)
-    train = benchmark.case_gemms(benchmark.Case("model", "b16", "training", "timm", 2, "bf16"))
-    assert benchmark.gemm_flops(train) == 3 * 2 * (blocks + stem_head)
-    tok = benchmark.op_gemms("token_mix", "l16", 1)
+    assert harness.gemm_flops(harness.model_gemms("b16", 1)) == blocks + stem_head
+    assert harness.gemm_flops(harness.model_gemms("b16", 8)) == 8 * (blocks + stem_head)
+    train = harness.case_gemms(harness.Case("model", "b16", "training", "timm", 2, "bf16"))
+    assert harness.gemm_flops(train) == 3 * 2 * (blocks + stem_head)
+    tok = harness.op_gemms("token_mix", "l16", 1)
     assert tok == [(1024, 512, 196), (1024, 196, 512)]
 
 
 def test_metrics_arithmetic():
-    case = benchmark.Case("op", "channel_mix", "forward", "fastmixer", 4, "fp32")
-    m = benchmark.metrics(case, [2.0, 1.0, 3.0], torch.device("cpu"), None)
+    case = harness.Case("op", "channel_mix", "forward", "fastmixer", 4, "fp32")
+    m = harness.metrics(case, [2.0, 1.0, 3.0], torch.device("cpu"), None)
     assert m["ms"] == 2.0 and m["img_s"] == pytest.approx(2000.0)
-    assert m["tflops"] == pytest.approx(benchmark.gemm_flops(benchmark.case_gemms(case)) / 2e-3 / 1e12)
+    assert m["tflops"] == pytest.approx(harness.gemm_flops(harness.case_gemms(case)) / 2e-3 / 1e12)
     assert m["pct_peak"] is None and m["peak_mem_mb"] is None
-    assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
-    assert benchmark.peak_tflops("NVIDIA H100 PCIe", torch.bfloat16) == 756.0
+    assert harness.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
+    assert harness.peak_tflops("NVIDIA H100 PCIe", torch.bfloat16) == 756.0
 
 
 @pytest.mark.parametrize(
     "case,exc,match",
     [
-        (benchmark.Case("op", "token_mix", "forward", "pytorch", 1, "fp32"), ValueError, "provider"),
-        (benchmark.Case("op", "token_mix", "forward", "timm", 1, "int8"), ValueError, "dtype"),
-        (benchmark.Case("op", "token_mix", "forward", "timm", 0, "fp32"), ValueError, "batch"),
-        (benchmark.Case("op", "token_mix", "training", "timm", 1, "fp32"), ValueError, "op mode"),
-        (benchmark.Case("op", "mixer", "forward", "timm", 1, "fp32"), ValueError, "op must be"),
-        (benchmark.Case("model", "b16", "forward", "timm", 1, "fp32"), ValueError, "model mode"),
+        (harness.Case("op", "token_mix", "forward", "pytorch", 1, "fp32"), ValueError, "provider"),
+        (harness.Case("op", "token_mix", "forward", "timm", 1, "int8"), ValueError, "dtype"),
+        (harness.Case("op", "token_mix", "forward", "timm", 0, "fp32"), ValueError, "batch"),
+        (harness.Case("op", "token_mix", "training", "timm", 1, "fp32"), ValueError, "op mode"),
+        (harness.Case("op", "mixer", "forward", "timm", 1, "fp32"), ValueError, "op must be"),
+        (harness.Case("model", "b16", "forward", "timm", 1, "fp32"), ValueError, "model mode"),
     ],
 )
 def test_bad_cases_raise(case, exc, match):
     with pytest.raises(exc, match=match):
-        benchmark.build_step(case, torch.device("cpu"))
+        harness.build_step(case, torch.device("cpu"))
 
 
 def test_cpu_compile_policy():
-    op_fwd = benchmark.Case("op", "token_mix", "forward", "timm+compile", 1, "fp32")
-    train = benchmark.Case("model", "b16", "training", "fastmixer+compile", 1, "fp32")
-    assert benchmark.cpu_compile_allowed(op_fwd, "forward") and not benchmark.cpu_compile_allowed(train, "inference")
-    assert benchmark.cpu_compile_allowed(train, "all") and not benchmark.cpu_compile_allowed(op_fwd, "none")
-    assert benchmark.cpu_compile_allowed(benchmark.Case("op", "token_mix", "forward", "timm", 1, "fp32"), "none")
+    op_fwd = harness.Case("op", "token_mix", "forward", "timm+compile", 1, "fp32")
+    train = harness.Case("model", "b16", "training", "fastmixer+compile", 1, "fp32")
+    assert harness.cpu_compile_allowed(op_fwd, "forward") and not harness.cpu_compile_allowed(train, "inference")
+    assert harness.cpu_compile_allowed(train, "all") and not harness.cpu_compile_allowed(op_fwd, "none")
+    assert harness.cpu_compile_allowed(harness.Case("op", "token_mix", "forward", "timm", 1, "fp32"), "none")
     with pytest.raises(ValueError, match="policy"):
-        benchmark.cpu_compile_allowed(op_fwd, "sometimes")
+        harness.cpu_compile_allowed(op_fwd, "sometimes")
 
 
 BENCH = [
@@ -138,7 +138,7 @@ def test_count_only_figure_shows_the_counts(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib", reason="figures need matplotlib (test extra)")
     report, _ = _count_report(tmp_path, capsys, monkeypatch)
     (c,) = report["counts"]
-    fig = benchmark.figure(report)
+    fig = harness.figure(report)
     axes = fig.axes
     assert len(axes) == 3
     for ax, key, scale in zip(axes, ("launches", "gbytes", "model_us"), (1, 1, 1e-3)):
@@ -151,11 +151,11 @@ def test_count_only_figure_shows_the_counts(tmp_path, capsys, monkeypatch):
 
 
 def _result(level, target, mode, provider, ms=None, skipped=None):
-    case = benchmark.Case(level, target, mode, provider, 8, "bf16")
+    case = harness.Case(level, target, mode, provider, 8, "bf16")
     r = {**dataclasses.asdict(case), "label": case.label}
     if ms is None:
         return {**r, "skipped": skipped or "time budget of 60 s used up"}
-    return {**r, **benchmark.metrics(case, [ms], torch.device("cpu"), None)}
+    return {**r, **harness.metrics(case, [ms], torch.device("cpu"), None)}
 
 
 def _report(kind):
@@ -184,7 +184,7 @@ def _report(kind):
 
 
 def test_limit_provider_labelled_by_device():
-    cuda, cpu = benchmark.markdown(_report("CUDA")), benchmark.markdown(_report("CPU"))
+    cuda, cpu = harness.markdown(_report("CUDA")), harness.markdown(_report("CPU"))
     assert "| cuBLAS GEMMs only (limit) | 400.000 |" in cuda and "| provider | ms | img/s |" in cuda
     assert "| fastmixer | 500.000 | 16.0 |" in cuda and "| 1.40x | 80% |" in cuda  # vs timm, share of the limit
     assert "| torch.mm GEMMs only (CPU) | 400.000 |" in cpu and "of limit" not in cpu and "1.40x" not in cpu
@@ -193,7 +193,7 @@ def test_limit_provider_labelled_by_device():
 
 def test_timed_figure_separate_panels_and_skipped_named():
     pytest.importorskip("matplotlib", reason="figures need matplotlib (test extra)")
-    fig = benchmark.figure(_report("CPU"))
+    fig = harness.figure(_report("CPU"))
     model_ax, op_ax = fig.axes
     assert model_ax.get_title() == "model level" and op_ax.get_title() == "op level"
     # own y axes: the ~1000x faster op-level bars do not flatten the model-level ones
@@ -204,7 +204,7 @@ def test_timed_figure_separate_panels_and_skipped_named():
     assert "time budget of 60 s used up" in " ".join(t.get_text() for t in fig.texts)
     legend = [t.get_text() for t in model_ax.get_legend().get_texts()]
     assert legend == ["fastmixer", "timm", "torch.mm GEMMs only (CPU)"]  # no entry for a provider with no bar
-    cuda_legend = [t.get_text() for t in benchmark.figure(_report("CUDA")).axes[1].get_legend().get_texts()]
+    cuda_legend = [t.get_text() for t in harness.figure(_report("CUDA")).axes[1].get_legend().get_texts()]
     assert cuda_legend == ["fastmixer", "timm", "cuBLAS GEMMs only (limit)"]
 
 

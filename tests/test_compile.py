@@ -11,7 +11,7 @@ from conftest import DEVICE
 from helpers import randomize_
 
 import fastmixer
-from fastmixer.launches import count_launches
+from fastmixer.bench.launches import count_launches
 
 NUM_BLOCKS, EMBED, IMG, PATCH, BATCH = 2, 40, 42, 7, 3  # 42 / 7 = 6 -> S = 36
 

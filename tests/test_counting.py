@@ -8,7 +8,7 @@ from conftest import DEVICE
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
-from fastmixer import benchmark, counting
+from fastmixer.bench import counting, harness
 
 TINY = dict(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=24)  # S = 16 tokens, C = 24
 
@@ -84,7 +84,7 @@ def test_fastmixer_forward_launch_budget_and_bytes(tiny_pair, triton_backend):
 
 
 def test_launch_names_match_launches_module(tiny_pair, triton_backend):
-    launches = pytest.importorskip("fastmixer.launches", reason="fastmixer/launches.py not present")
+    launches = pytest.importorskip("fastmixer.bench.launches", reason="fastmixer/bench/launches.py not present")
     ours, _ = tiny_pair
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     fm = counting.count_kernels(ours.eval(), x, backward=False)
@@ -131,7 +131,7 @@ def test_count_variant_b16_fastmixer_beats_timm(triton_backend):
     assert fm["gflops"] == pytest.approx(64 * per_image / 1e9, rel=1e-9)
     with pytest.raises(ValueError, match="batch"):
         counting.count_variant("b16", batch=0)
-    assert "roofline MODEL" in benchmark.counts_markdown(r)  # the one Markdown form of a count
+    assert "roofline MODEL" in harness.counts_markdown(r)  # the one Markdown form of a count
 
 
 def test_triton_launches_keep_grid_and_arguments(tiny_pair, triton_backend):

@@ -13,7 +13,7 @@ from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
 from fastmixer import MlpMixer, ops, reference
-from fastmixer.launches import count_launches, record_launches
+from fastmixer.bench.launches import count_launches, record_launches
 
 BACKENDS = ["reference", "triton"]
 B, S, C, D = 3, 6, 8, 5

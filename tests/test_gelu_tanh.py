@@ -23,12 +23,12 @@ from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
 from fastmixer import MlpMixer, reference
+from fastmixer.bench.launches import count_launches
 from fastmixer.kernels import _common
 from fastmixer.kernels.channel_mix import channel_mix_fwd
 from fastmixer.kernels.channel_mix_bwd import channel_mix_bwd
 from fastmixer.kernels.token_mix import token_mix_fwd
 from fastmixer.kernels.token_mix_bwd import token_mix_bwd
-from fastmixer.launches import count_launches
 
 ACTS = ["gelu", "gelu_tanh"]
 APPROX = {"gelu": "none", "gelu_tanh": "tanh"}

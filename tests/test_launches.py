@@ -9,7 +9,7 @@ from conftest import DEVICE
 from helpers import randomize_
 
 import fastmixer
-from fastmixer.launches import count_launches, record_launches
+from fastmixer.bench.launches import count_launches, record_launches
 from fastmixer.model import MixerBlock
 
 # Tiny, awkward shapes: S = 36 tokens, C = 40 channels (not powers of two), batch 3.

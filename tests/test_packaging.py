@@ -28,3 +28,14 @@ def test_installed_package_maps_kernels():
     import fastmixer.kernels
 
     assert Path(fastmixer.kernels.__file__).resolve() == ROOT / "kernels" / "__init__.py"
+
+
+def test_every_subpackage_is_shipped():
+    # `pip install .` (not editable) installs only the packages pyproject lists: fastmixer.bench must be one, as the
+    # CLI (`fastmixer bench`, `fastmixer demo`) imports it.
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = text.split("packages = [", 1)[1].split("]", 1)[0]
+    found = {f"fastmixer.{p.parent.name}" for p in (ROOT / "fastmixer").glob("*/__init__.py")}
+    assert "fastmixer.bench" in found, found
+    for package in ("fastmixer", "fastmixer.kernels", *found):
+        assert f'"{package}"' in listed, f"{package} missing from [tool.setuptools] packages"

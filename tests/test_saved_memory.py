@@ -15,7 +15,7 @@ from torch import nn
 
 import fastmixer
 from fastmixer import ops, reference
-from fastmixer.memory import saved_bytes, saved_tensors_report
+from fastmixer.bench.memory import saved_bytes, saved_tensors_report
 
 B16_DIM, B16_TOKENS = 768, 196  # Mixer-B/16 at 224: C = 768, S = 14 * 14
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import time_model as tm  # noqa: E402
 import time_model_fixture as fx  # noqa: E402
 
-from fastmixer import counting  # noqa: E402
+from fastmixer.bench import counting  # noqa: E402
 
 H100 = tm.DEVICES["h100"]
 ASM = tm.Assumptions()
@@ -190,7 +190,7 @@ def _timm_block_kernels(B, S, C):
 
 
 def test_compile_plan_flops_equal_bare_gemms_and_move_fewer_bytes_than_timm():
-    from fastmixer.benchmark import _dims, model_gemms, with_backward
+    from fastmixer.bench.harness import _dims, model_gemms, with_backward
 
     d = _dims("b16")
     B, S, C, Dt, Dc = 4, d["S"], d["C"], d["Dt"], d["Dc"]

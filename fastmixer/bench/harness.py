@@ -858,7 +858,7 @@ def main(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"env": environment(device), "config": config, "results": [], "counts": []}
     stem = args.name or f"{datetime.date.today().isoformat()}-{_device_slug(device)}"
     if args.count or args.count_only:
-        from fastmixer import counting
+        from fastmixer.bench import counting
 
         for m in models or ["b16"]:
             _progress(f"counting {m}, batch {batches[0]}, {dtype} ...")
