@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .layernorm import ln_row_stats  # noqa: F401  (re-exported; the LayerNorm pieces live in kernels/layernorm.py)
+
 # Under TRITON_INTERPRET=1 kernels run on CPU through numpy: multi-config autotune fails there ("0 active drivers")
 # and bf16 tl.dot returns garbage (triton issue 11584), so launchers keep one config and tests avoid bf16 dots.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -64,41 +66,6 @@ def gelu_and_grad(a, ACT: tl.constexpr):
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))  # Phi(a): GELU = a Phi(a), GELU' = Phi + a phi(a)
         return a * cdf, cdf + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
-
-
-@triton.jit
-def ln_row_stats(row_ptrs, row_mask, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 LayerNorm statistics of BLOCK_M rows of length K: returns mean [BLOCK_M], rstd [BLOCK_M].
-
-    row_ptrs [BLOCK_M]: pointer to element 0 of each (contiguous) row. One pass over K in BLOCK_K chunks with a
-    Welford update per lane on the shifted values x - x[m, 0]: lane (m, j) sees x[m, j], x[m, j + BLOCK_K], ... and
-    keeps their running mean and sum of squared deviations m2; at the end the BLOCK_K lanes are merged exactly
-    (n_j = samples of lane j):
-        mean = x[m, 0] + sum_j n_j mean_j / K,    M2 = sum_j m2_j + sum_j n_j (mean_j - (mean - x[m, 0]))^2,
-        rstd = 1 / sqrt(M2 / K + eps)
-    (biased variance, as torch's layer_norm). No E[x^2] - E[x]^2 cancellation, and the shift keeps the mean's rounding
-    error relative to the spread of the row rather than its offset. Only elementwise work in the loop.
-    """
-    mean = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-    count = tl.zeros([BLOCK_K], dtype=tl.float32)  # samples seen by each lane
-    shift = tl.load(row_ptrs, mask=row_mask, other=0.0).to(tl.float32)  # x[m, 0]: [BLOCK_M]
-    offs_k = tl.arange(0, BLOCK_K)
-    ptrs = row_ptrs[:, None] + offs_k[None, :]  # [BLOCK_M, BLOCK_K], advanced by BLOCK_K per step
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xk = tl.load(ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32) - shift[:, None]
-        count += k_mask.to(tl.float32)
-        inv_n = tl.where(k_mask, 1.0 / tl.maximum(count, 1.0), 0.0)  # 0: lanes past K stay untouched
-        delta = tl.where(k_mask[None, :], xk - mean, 0.0)
-        mean += delta * inv_n[None, :]
-        m2 += delta * (xk - mean)
-        ptrs += BLOCK_K
-    row_mean = tl.sum(mean * count[None, :], axis=1) / K  # of the shifted values
-    dev = mean - row_mean[:, None]
-    row_m2 = tl.sum(m2, axis=1) + tl.sum(dev * dev * count[None, :], axis=1)
-    # IEEE-rounded sqrt (tl.sqrt may lower to the approximate instruction)
-    return row_mean + shift, 1.0 / tl.sqrt_rn(row_m2 / K + eps)
 
 
 def dot_precision(allow_tf32: bool, dtype: torch.dtype) -> str:

@@ -167,6 +167,11 @@ def launch_cases(module: str) -> list[tuple[str, Callable[[], Any]]]:
             x = torch.empty(shape.batch, shape.S, shape.C, dtype=x_dt)
             ln = torch.empty(shape.C, dtype=ln_dt)
             cases.append((label, lambda x=x, ln=ln: mod.norm_pool_fwd(x, ln, ln, eps=1e-6)))
+        elif module == "layernorm":
+            x_dt, ln_dt, w_dt, _ = _specs.ROUTE_DTYPES[route]
+            x = torch.empty(shape.batch, shape.S, shape.C, dtype=x_dt)
+            ln = torch.empty(shape.C, dtype=ln_dt)
+            cases.append((label, lambda x=x, ln=ln, w=w_dt: mod.layernorm_fwd(x, ln, ln, eps=1e-6, out_dtype=w)))
         else:
             raise ValueError(f"no launcher calls known for kernel module {module!r}")
     del _specs
