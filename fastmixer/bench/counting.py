@@ -7,11 +7,12 @@ What is counted, for a model run once on real (CPU or CUDA) tensors:
     every tensor output written once (an expanded input counts its distinct elements only). FLOPs of GEMMs and
     convolutions come from torch.utils.flop_counter's formulas (2 per multiply-add); other ops count 0 (memory-bound).
   * Triton launches (fastmixer's fused kernels) are recorded at the launch call itself (`kernel[grid](...)`, through
-    any @autotune / @heuristics wrapper; autotuning's own benchmark launches are not counted). Compulsory bytes of a
-    launch = the sizes of its distinct tensor arguments (each pointer read or written once; an in-place buffer
-    counts once, so this is a lower bound for such kernels). The GEMM FLOPs of a fused `fastmixer::` op (2 GEMMs of
-    2*M*N*K each) go to the launch that receives the GEMM's weight; if none does (a cached derived copy), to the op's
-    launch that moves the most bytes. The backward ops (`*_mix_bwd`) get the 5 GEMMs they do (see `_fused_gemm_flops`).
+    any @autotune / @heuristics wrapper, by fastmixer.bench.launches; autotuning's benchmark launches are not
+    counted). Compulsory bytes of a launch = the sizes of its distinct tensor arguments (each pointer read or written
+    once; an in-place buffer counts once, so this is a lower bound for such kernels). The GEMM FLOPs of a fused
+    `fastmixer::` op (2 GEMMs of 2*M*N*K each) go to the launch that receives the GEMM's weight; if none does (a
+    cached derived copy), to the op's launch that moves the most bytes. The backward ops (`*_mix_bwd`) get the 5
+    GEMMs they do (see `_fused_gemm_flops`).
 A `fastmixer::` custom op is seen by the dispatch mode as one op and replaced by the Triton launches and aten ops made
 inside it (channel_mix_bwd's cuBLAS GEMMs, host sums of partials);
 Triton launches made outside such an op (a backward calling its launchers directly) count too, with bytes but no FLOPs
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +43,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+
+from fastmixer.bench.launches import Launch, LaunchRecorder, TensorArg, launching
+
+__all__ = [
+    "H100_SXM",
+    "Kernel",
+    "KernelCounter",
+    "Roofline",
+    "TensorArg",
+    "count_call",
+    "count_kernels",
+    "count_variant",
+    "distinct_bytes",
+    "roofline_us",
+    "summarize",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,23 +106,6 @@ _NO_KERNEL = {
 
 
 @dataclasses.dataclass
-class Launch:
-    name: str
-    tensors: list[Tensor]
-    grid: Any = None  # the launch's grid: a tuple, or a callable of the launch's meta-parameters (as triton calls it)
-    args: dict[str, Any] = dataclasses.field(default_factory=dict)  # named arguments, tensors as TensorArg
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorArg:
-    """What a launch argument tensor looked like (its data is not kept)."""
-
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    dtype: str  # "bfloat16", "float32", ...
-
-
-@dataclasses.dataclass
 class Kernel:
     """One (would-be) GPU kernel launch."""
 
@@ -139,117 +138,7 @@ def _tensors(obj: Any) -> list[Tensor]:
     return [t for t in tree_flatten(obj)[0] if isinstance(t, Tensor)]
 
 
-# ------------------------------------------------------------------------------------------------ Triton launches
-def _kernel_name(kernel: Any) -> str:
-    # Autotuner -> (Heuristics ->) JITFunction / InterpretedFunction -> the Python function
-    obj = getattr(kernel, "base_fn", kernel)
-    while not inspect.isfunction(obj) and hasattr(obj, "fn"):
-        obj = obj.fn
-    return getattr(obj, "__name__", type(kernel).__name__)
-
-
-class _LaunchHooks:
-    """Patches the `run` method of triton's launchable classes (JITFunction, the interpreter's function, Autotuner,
-    Heuristics); the outermost call of a launch is recorded, the calls nested inside it (an autotuner's inner kernel,
-    its benchmark runs) are not."""
-
-    active: list[LaunchRecorder] = []
-    depth = 0
-    originals: dict[type, Callable] = {}
-
-    @classmethod
-    def classes(cls) -> list[type]:
-        from triton.runtime.autotuner import Autotuner, Heuristics
-        from triton.runtime.jit import JITFunction
-
-        out = [JITFunction, Autotuner, Heuristics]
-        try:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            out.append(InterpretedFunction)
-        except ImportError:  # pragma: no cover - very old triton
-            pass
-        return out
-
-    @classmethod
-    def install(cls) -> None:
-        if cls.originals:
-            return
-        for klass in cls.classes():
-            original = klass.__dict__["run"]
-            cls.originals[klass] = original
-            klass.run = cls._wrap(original)
-
-    @classmethod
-    def uninstall(cls) -> None:
-        for klass, original in cls.originals.items():
-            klass.run = original
-        cls.originals = {}
-
-    @classmethod
-    def _wrap(cls, original: Callable) -> Callable:
-        def run(self, *args, **kwargs):
-            if not cls.active or cls.depth > 0:
-                return original(self, *args, **kwargs)
-            recorder = cls.active[-1]
-            if kwargs.get("warmup", False):  # a compile-only warm-up is not a launch
-                return original(self, *args, **kwargs)
-            recorder.launches.append(
-                Launch(
-                    _kernel_name(self), _tensors((args, kwargs)), kwargs.get("grid"), _named_args(self, args, kwargs)
-                )
-            )
-            if recorder.on_launch is not None:
-                recorder.on_launch(recorder.launches[-1])
-            if not recorder.execute:
-                return None
-            cls.depth += 1
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                cls.depth -= 1
-
-        return run
-
-
-def _named_args(kernel: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """A launch's arguments by name (positional ones through the kernel's arg_names), tensors as TensorArg; the
-    launch machinery's own keywords (grid, warmup) left out."""
-    names = getattr(kernel, "arg_names", None) or []
-    out = dict(zip(names, args))
-    out.update((k, v) for k, v in kwargs.items() if k not in ("grid", "warmup"))
-    return {
-        k: TensorArg(tuple(v.shape), tuple(v.stride()), str(v.dtype).replace("torch.", ""))
-        if isinstance(v, Tensor)
-        else v
-        for k, v in out.items()
-    }
-
-
-class LaunchRecorder:
-    """Context manager recording every Triton launch made inside it: name and tensor arguments.
-
-    execute=False skips the launches (outputs stay uninitialised): a dry run for counting real-size models on a CPU
-    without running the kernels under the interpreter.
-    """
-
-    def __init__(self, execute: bool = True, on_launch: Callable[[Launch], None] | None = None) -> None:
-        self.execute = execute
-        self.on_launch = on_launch
-        self.launches: list[Launch] = []
-
-    def __enter__(self) -> LaunchRecorder:
-        _LaunchHooks.install()
-        _LaunchHooks.active.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _LaunchHooks.active.remove(self)
-        if not _LaunchHooks.active:
-            _LaunchHooks.uninstall()
-
-
-# ------------------------------------------------------------------------------------------------ aten ops
+# ------------------------------------------------------------------------------------------------ the dispatch mode
 def _fused_gemm_flops(op: str, args: tuple) -> list[tuple[Tensor, int]]:
     """(weight, GEMM flops) of the GEMMs inside a fastmixer:: op; x [B, S, C], fc1_weight [D, n], fc2_weight [n, D].
 
@@ -292,7 +181,7 @@ class KernelCounter(TorchDispatchMode):
         name = func._schema.name.split("::")[-1]
         if namespace == "fastmixer":
             return self._fused(func, name, args, kwargs)
-        if _LaunchHooks.depth > 0:  # inside a running Triton launch: the interpreter's host copies, not kernels
+        if launching():  # inside a running Triton launch: the interpreter's host copies, not kernels
             return func(*args, **kwargs)
         out = func(*args, **kwargs) if self.execute else _dry_run(func, name, args, kwargs)
         if namespace != "aten" or func.is_view or name in _NO_KERNEL or not _tensors(out):
