@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -76,13 +76,28 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# host_launches' override: the triton backend takes CPU tensors in this thread / asyncio task.
+_host_launches: contextvars.ContextVar[bool] = contextvars.ContextVar("fastmixer_host_launches", default=False)
+
+
+@contextlib.contextmanager
+def host_launches() -> Iterator[None]:
+    """Let the triton backend take CPU tensors in this block (this thread / asyncio task), for launches that a
+    recorder logs without running them (fastmixer.bench.counting's dry counts) or that run under the interpreter."""
+    token = _host_launches.set(True)
+    try:
+        yield
+    finally:
+        _host_launches.reset(token)
+
+
 def resolve_backend(x: Tensor) -> str:
     """The backend that will run for input `x` ("triton" or "reference"). float64 always runs the reference path."""
     backend = get_backend()
     if backend == "reference" or x.dtype == torch.float64 or x.is_meta:  # meta: shapes only, which the reference gives
         return "reference"
     if backend == "triton":
-        if not (x.is_cuda or _interpreting()):
+        if not (x.is_cuda or _interpreting() or _host_launches.get()):
             raise RuntimeError(
                 f"backend 'triton' needs CUDA tensors (got device {x.device}) or TRITON_INTERPRET=1 set before "
                 "triton is imported; use set_backend('auto') to run CPU tensors on the reference path"
@@ -123,8 +138,14 @@ def _out_dtype(x: Tensor, w: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, w.dtype)
 
 
-# Python implementation of each fastmixer:: op by name (fastmixer.counting runs them under its dispatch mode).
-IMPLS: dict[str, object] = {}
+_IMPLS: dict[str, Callable[..., object]] = {}  # fastmixer:: op name -> its Python implementation (fused_impl)
+
+
+def fused_impl(name: str) -> Callable[..., object] | None:
+    """The Python implementation behind `torch.ops.fastmixer.<name>` ("token_mix", "channel_mix_bwd", ...): the
+    launcher call, for a TorchDispatchMode that must see the aten work inside the op (fastmixer.bench.counting).
+    None for an op that does no aten work around its launch (norm_pool)."""
+    return _IMPLS.get(name)
 
 
 def _fwd_op(kind: str):
@@ -145,7 +166,7 @@ def _fwd_op(kind: str):
         args = (x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
         return _launch(kind, *args, eps=eps, allow_tf32=allow_tf32, act=act)
 
-    IMPLS[f"{kind}_mix"] = impl
+    _IMPLS[f"{kind}_mix"] = impl
     op = torch.library.custom_op(f"fastmixer::{kind}_mix", impl, mutates_args=())
 
     @op.register_fake
@@ -187,7 +208,7 @@ def _bwd_op(kind: str):
         args = (dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
         return list(_launch_bwd(kind, *args, eps=eps, allow_tf32=allow_tf32, act=act))
 
-    IMPLS[f"{kind}_mix_bwd"] = impl
+    _IMPLS[f"{kind}_mix_bwd"] = impl
     op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=())
 
     @op.register_fake

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -217,9 +216,9 @@ class KernelCounter(TorchDispatchMode):
         self._op = name
         # Dispatch pops this mode while __torch_dispatch__ runs; re-entering it around the op's Python implementation
         # makes the aten work inside the op count too: channel_mix_bwd's cuBLAS GEMMs, host sums of fp32 partials.
-        from fastmixer.ops import IMPLS
+        from fastmixer.ops import fused_impl
 
-        impl = IMPLS.get(name)
+        impl = fused_impl(name)
         if impl is None:
             try:
                 out = func(*args, **kwargs)
@@ -290,23 +289,15 @@ def _aten_flops(func, args: tuple, kwargs: dict, out: Any) -> int:
     return int(fn(*args, **kwargs, out_val=out))
 
 
-@contextlib.contextmanager
-def _interpret_for(images: Tensor) -> Iterator[None]:
-    # ops.resolve_backend lets the triton backend take CPU tensors only when TRITON_INTERPRET is set; CPU counts are
-    # dry or interpreted, so set it for them (also on a CUDA machine, where CPU tensors are counted dry).
-    saved = os.environ.get("TRITON_INTERPRET")
-    if images.device.type == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
 # ------------------------------------------------------------------------------------------------ model counts
+def _host_launches(images: Tensor) -> contextlib.AbstractContextManager:
+    # The triton backend takes CPU tensors only where asked: CPU counts are dry or interpreted (also on a CUDA
+    # machine, where CPU tensors are counted dry).
+    from fastmixer.ops import host_launches
+
+    return host_launches() if images.device.type == "cpu" else contextlib.nullcontext()
+
+
 def count_kernels(model: nn.Module, images: Tensor, *, backward: bool = True, execute: bool = True) -> list[Kernel]:
     """Kernels of one forward (eval, no_grad) and, if `backward`, of one backward (train mode; the forward that builds
     the graph is not counted). A fastmixer model must be on the triton backend for its fused ops to be launches.
@@ -322,7 +313,7 @@ def count_kernels(model: nn.Module, images: Tensor, *, backward: bool = True, ex
             handles.append(blk.register_forward_hook(lambda m, a, o: setattr(counter, "block", None)))
     was_training = model.training
     try:
-        with _interpret_for(images):
+        with _host_launches(images):
             model.eval()
             with torch.no_grad(), counter:
                 model(images)
@@ -353,7 +344,7 @@ def count_call(
     a random upstream gradient (the forward that builds the graph is not counted). For one block or one op; a
     fastmixer module must be on the triton backend for its fused ops to be launches. x on fn's device and dtype."""
     counter = KernelCounter(execute=execute)
-    with _interpret_for(x):
+    with _host_launches(x):
         with torch.no_grad(), counter:
             fn(x)
         if backward:
