@@ -40,7 +40,9 @@ _EXPORTS = {
     "MixerS32": "registry",
     "MlpMixer": "model",
     "channel_mix": "ops",
+    "clear_selection_cache": "select",
     "create_model": "registry",
+    "describe_selection": "select",
     "evaluate": "evaluate",
     "from_timm": "weights",
     "get_backend": "ops",
@@ -53,9 +55,11 @@ _EXPORTS = {
     "model_from_checkpoint": "weights",
     "norm_pool": "ops",
     "predict": "predict",
+    "selection": "select",
     "set_backend": "ops",
     "to_timm": "weights",
     "token_mix": "ops",
+    "tune_selection": "select",
     "use_backend": "ops",
 }
 __all__ = sorted(_EXPORTS)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from fastmixer import reference
+from fastmixer import select as selection
 from fastmixer.mix_args import MixArgs, check_mix_args, check_norm_args
 
 BACKENDS = ("auto", "triton", "reference")
@@ -308,7 +309,10 @@ def _mix(
     mm_dtype = _autocast_dtype(x) if isinstance(x, Tensor) else None
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
     check_mix_args(f"{kind}_mix", kind, args, eps=eps, act=act, kernel=False, mixed=mm_dtype is not None)
-    if resolve_backend(x) == "reference":  # includes float64
+    backend = resolve_backend(x)
+    if backend == "triton" and selection.applies(x, get_backend()):  # auto on CUDA: the faster path (select.py)
+        backend = selection.choose(kind, args, eps=eps, act=act, mm_dtype=mm_dtype, allow_tf32=_allow_tf32())
+    if backend == "reference":  # includes float64
         ref = reference.token_mix_ref if kind == "token" else reference.channel_mix_ref
         return ref(*args[:7], eps=eps, branch_scale=branch_scale, act=act)
     if mm_dtype is not None:  # autocast: the GEMMs run in the autocast dtype; the residual stream keeps x's dtype
