@@ -15,6 +15,8 @@ PY=${PYTHON:-python3}
 unset TRITON_INTERPRET FASTMIXER_BACKEND
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fastmixer-inductor}
+# The runtime selection's cache (fused vs reference per op): fresh for each report, shared by its steps.
+export FASTMIXER_CACHE_DIR=${FASTMIXER_CACHE_DIR:-$(mktemp -d /tmp/fastmixer-select.XXXXXX)}
 T0=$(date +%s)
 step() { echo "== $1 ($(( $(date +%s) - T0 )) s elapsed)" | tee -a "$OUT/env.txt"; }
 
@@ -27,6 +29,13 @@ step "environment"
 step "tests (compiled kernels)"
 timeout -k 10 200 "$PY" -m pytest -q -p no:cacheprovider -ra --durations=15 tests >"$OUT/tests.log" 2>&1
 echo "pytest exit code: $? (124 = timed out)" >>"$OUT/tests.log"
+
+# 1b. runtime selection (appended to env.txt: the file count is capped), <= 120 s: fused vs reference per op at
+#     B/16 and L/16 block shapes, bf16 tensors, batch 256, forward and forward + backward (median ms per call)
+#     and the choice the selection made for each; the later steps reuse these choices from the cache.
+step "runtime selection (fused vs reference per op)"
+timeout -k 10 120 "$PY" -m fastmixer.select --models b16,l16 --batch 256 --dtype bf16 >>"$OUT/env.txt" 2>&1
+echo "selection exit code: $? (124 = timed out)" >>"$OUT/env.txt"
 
 # 2. model level through the CLI (files 3-5: report.json, report.md, bench.log; report.png if matplotlib is there),
 #    <= 260 s: B/16 and L/16, bf16, batch 256 then 64, all providers; counts (no GPU needed) first.
