@@ -185,6 +185,12 @@ def resolve_name(name: str) -> str:
     return f"{arch}.{tag}" if tag else arch
 
 
+def resolve_variant(name: str) -> str:
+    """A short variant name as `fastmixer bench --models` takes it ('b16', 'l16', 'h14') or any resolve_name spelling
+    -> fastmixer architecture[.tag]."""
+    return resolve_name(name if str(name).startswith(("mixer", "fastmixer", "Mixer")) else f"mixer_{name}_224")
+
+
 def create_model(
     name: str, pretrained: bool = False, checkpoint_path: str | None = None, strict: bool = True, **kwargs: Any
 ) -> MlpMixer:

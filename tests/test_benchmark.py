@@ -24,6 +24,21 @@ def test_model_flops_match_mixer_formula():
     assert tok == [(1024, 512, 196), (1024, 196, 512)]
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        harness.Case("model", "b16", "inference", "timm", 3, "bf16"),
+        harness.Case("model", "l16", "training", "cublas", 2, "fp32", num_blocks=2),
+        harness.Case("op", "token_mix", "forward", "fastmixer", 5, "fp16", variant="s32"),
+        harness.Case("op", "channel_mix", "forward+backward", "timm", 2, "bf16"),
+    ],
+    ids=lambda c: c.label,
+)
+def test_reported_flops_come_from_info_and_equal_the_timed_gemms(case):
+    # TFLOP/s use fastmixer.info.mixer_flops; the cuBLAS provider times the GEMM list: both must be the same work.
+    assert harness.case_flops(case) == harness.gemm_flops(harness.case_gemms(case)) > 0
+
+
 def test_metrics_arithmetic():
     case = harness.Case("op", "channel_mix", "forward", "fastmixer", 4, "fp32")
     m = harness.metrics(case, [2.0, 1.0, 3.0], torch.device("cpu"), None)

@@ -417,14 +417,14 @@ def count_variant(
     Counted on CPU tensors at batch 2 and 3 and extrapolated (see module docstring). Weights are random.
     """
     import fastmixer
-    from fastmixer.registry import resolve_name
+    from fastmixer.registry import resolve_variant
     from fastmixer.weights import to_timm
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    arch = resolve_name(variant if variant.startswith(("mixer", "fastmixer", "Mixer")) else f"mixer_{variant}_224")
+    arch = resolve_variant(variant)
     kwargs = {} if num_blocks is None else {"num_blocks": num_blocks}
     ours = fastmixer.create_model(arch, **kwargs).to(dtype)
     theirs = to_timm(ours, share=False)  # plain timm MlpMixer, same architecture and weights

@@ -84,10 +84,9 @@ class Case:
 # ------------------------------------------------------------------------------------------------ shapes and FLOPs
 def variant_args(variant: str, num_blocks: int | None = None) -> dict[str, Any]:
     """timm MlpMixer arguments of a variant name ("b16", "mixer_l16_224", "MixerB16", ...)."""
-    from fastmixer.registry import ARCHS, resolve_name
+    from fastmixer.registry import ARCHS, resolve_variant
 
-    name = variant if variant.startswith(("mixer", "fastmixer", "Mixer")) else f"mixer_{variant}_224"
-    args = dict(ARCHS[resolve_name(name).split(".")[0]][1])
+    args = dict(ARCHS[resolve_variant(variant).split(".")[0]][1])
     if num_blocks is not None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
@@ -95,11 +94,26 @@ def variant_args(variant: str, num_blocks: int | None = None) -> dict[str, Any]:
     return args
 
 
+def _meta_model(variant: str, num_blocks: int | None = None) -> nn.Module:
+    from fastmixer.model import MlpMixer
+
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return MlpMixer(**variant_args(variant, num_blocks))
+
+
 def _dims(variant: str, num_blocks: int | None = None) -> dict[str, int]:
-    a = variant_args(variant, num_blocks)
-    P, C = a["patch_size"], a["embed_dim"]
-    S = (224 // P) ** 2
-    return dict(P=P, C=C, S=S, Dt=C // 2, Dc=4 * C, L=a["num_blocks"], classes=1000)
+    # read off the model itself (patch P, tokens S, channels C, MLP widths Dt / Dc, blocks L, classes)
+    m = _meta_model(variant, num_blocks)
+    blk = m.blocks[0]
+    return dict(
+        P=m.stem.proj.kernel_size[0],
+        C=m.embed_dim,
+        S=m.stem.num_patches,
+        Dt=blk.mlp_tokens.fc1.out_features,
+        Dc=blk.mlp_channels.fc1.out_features,
+        L=len(m.blocks),
+        classes=m.num_classes,
+    )
 
 
 def model_gemms(variant: str, batch: int, num_blocks: int | None = None) -> list[tuple[int, int, int]]:
@@ -128,6 +142,21 @@ def with_backward(gemms: list[tuple[int, int, int]]) -> list[tuple[int, int, int
 
 def gemm_flops(gemms: list[tuple[int, int, int]]) -> int:
     return sum(2 * m * n * k for m, n, k in gemms)
+
+
+def case_flops(case: Case) -> int:
+    """GEMM FLOPs of one `case` step, from fastmixer.info.mixer_flops (2 per multiply-add; a backward does 2 GEMMs per
+    forward GEMM, so forward + backward is 3x the forward): the whole model, or one block's op."""
+    from fastmixer.info import mixer_flops
+
+    if case.level == "model":
+        per_image = mixer_flops(_meta_model(case.target, case.num_blocks))["total"]
+    else:
+        if case.target not in OPS:
+            raise ValueError(f"op must be one of {OPS}, got {case.target!r}")
+        model = _meta_model(case.variant)
+        per_image = mixer_flops(model)[case.target] // len(model.blocks)
+    return per_image * case.batch * (3 if case.mode in ("training", "forward+backward") else 1)
 
 
 def case_gemms(case: Case) -> list[tuple[int, int, int]]:
@@ -349,7 +378,7 @@ def metrics(case: Case, ms: Sequence[float], device: torch.device, peak_bytes: i
     if not ms:
         raise ValueError("no timed calls")
     med = statistics.median(ms)
-    flops = gemm_flops(case_gemms(case))
+    flops = case_flops(case)
     tflops = flops / (med * 1e-3) / 1e12
     peak = peak_tflops(torch.cuda.get_device_name(device), DTYPES[case.dtype]) if device.type == "cuda" else None
     return {
