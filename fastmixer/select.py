@@ -83,12 +83,19 @@ Timer = Callable[[Candidates], Mapping[str, Sequence[float]]]
 
 
 # ------------------------------------------------------------------------------------------------ mode and key
+_parsed_mode: tuple[str, str] = ("", "auto")  # (raw FASTMIXER_SELECT, its mode): parsed again only when it changes
+
+
 def mode() -> str:
     """FASTMIXER_SELECT, validated: "auto" (default), "fused", "reference" or "off"."""
+    global _parsed_mode
     raw = os.environ.get("FASTMIXER_SELECT", "")
+    if raw == _parsed_mode[0]:
+        return _parsed_mode[1]
     value = raw.strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"FASTMIXER_SELECT must be one of {MODES} (unset or empty means auto), got {raw!r}")
+    _parsed_mode = (raw, value)
     return value
 
 
@@ -154,9 +161,10 @@ class _State:
     untimed: dict  # key -> record (untimed defaults: tracing, a dispatch mode, ...; a later eager call still times)
     warned: set
     lock: threading.RLock
+    fast: dict  # eager fast path: (mode, device, the signature's fields as objects) -> backend, for settled choices
 
 
-_STATE = _State(memory={}, untimed={}, warned=set(), lock=threading.RLock())
+_STATE = _State(memory={}, untimed={}, warned=set(), lock=threading.RLock(), fast={})
 
 
 def _warn_once(tag: object, message: str) -> None:
@@ -440,24 +448,40 @@ def choose(
 
     args: (x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale), the op's own tensors.
     """
-    sig = signature(kind, args, act=act, mm_dtype=mm_dtype, allow_tf32=allow_tf32)
     if torch.compiler.is_compiling():
+        sig = signature(kind, args, act=act, mm_dtype=mm_dtype, allow_tf32=allow_tf32)
         return _traced_choice(sig, str(args[0].device))
     current = mode()
     if current == "off":
         return "triton"
-    key = f"{sig}|{environment(args[0].device)}"
+    # Fast path (a few us per call): the same fields as the key, as hashable objects, for choices already settled.
+    x, fc1_weight = args[0], args[3]
+    grad = False
+    if torch.is_grad_enabled():
+        for t in args:
+            if t is not None and t.requires_grad:
+                grad = True
+                break
+    branch_scale = args[7] if len(args) > 7 else None
+    fields = (current, kind, x.device, x.shape, x.dtype, fc1_weight.dtype, args[1].dtype, fc1_weight.shape[0])
+    fast = (*fields, mm_dtype, branch_scale is not None, act, allow_tf32, grad)
+    backend = _STATE.fast.get(fast)
+    if backend is not None:
+        return backend
+    sig = signature(kind, args, act=act, mm_dtype=mm_dtype, allow_tf32=allow_tf32)
+    key = f"{sig}|{environment(x.device)}"
     if current != "auto":
         _STATE.memory[key] = _record(current, "forced by FASTMIXER_SELECT", "forced")
+        _STATE.fast[fast] = _backend(current)
         return _backend(current)
     with _STATE.lock:
         record = _cached(key)
         if record is not None:
+            _STATE.fast[fast] = _backend(record["choice"])
             return _backend(record["choice"])
         why = _untimed_reason(args)
         if why is not None:
             return _default(key, why)
-        grad = sig.endswith("|grad=1")
         try:
             samples = timer(_candidates(kind, args, eps=eps, act=act, grad=grad))
         except torch.cuda.OutOfMemoryError:
@@ -467,6 +491,7 @@ def choose(
         record = _record(verdict.choice, verdict.reason, "timed", verdict.fused_ms, verdict.reference_ms)
         _STATE.memory[key] = record
         _STATE.untimed.pop(key, None)
+        _STATE.fast[fast] = _backend(verdict.choice)
     if verdict.persist:
         _persist(key, record)
     return _backend(verdict.choice)
@@ -518,6 +543,7 @@ def clear_selection_cache(disk: bool = True) -> None:
         _STATE.memory.clear()
         _STATE.untimed.clear()
         _STATE.warned.clear()
+        _STATE.fast.clear()
     if disk:
         with contextlib.suppress(FileNotFoundError):
             cache_path().unlink()
