@@ -356,12 +356,17 @@ def decide(samples: Mapping[str, Sequence[float]], tie_margin: float = TIE_MARGI
     return Verdict("reference", "faster", mf, mr, persist=True)
 
 
+def _keep(t: Tensor) -> Tensor:
+    return t
+
+
 def _candidates(kind: str, args: Sequence[Tensor | None], *, eps: float, act: str, grad: bool) -> dict:
     """Two zero-argument callables running this very call on each path (forward; forward + backward when grad).
 
     Inputs are detached copies-by-reference (no .grad is touched, no hook fires), the output gradient is a constant
-    (no random numbers drawn), and each runs through the public op under an explicit backend, so the autocast state,
-    argument checks and casts are the real ones and the selection does not re-enter.
+    (no random numbers drawn), saved tensors bypass outer saved-tensor hooks (activation checkpointing), and each runs
+    through the public op under an explicit backend, so the autocast state, argument checks and casts are the real
+    ones and the selection does not re-enter.
     """
     from fastmixer import ops
 
@@ -372,7 +377,9 @@ def _candidates(kind: str, args: Sequence[Tensor | None], *, eps: float, act: st
 
     def run(backend: str) -> Callable[[], object]:
         def call() -> object:
-            with ops.use_backend(backend):
+            # Identity saved-tensor hooks shadow any outer ones: under torch.utils.checkpoint (non-reentrant), the
+            # candidates' saved tensors would otherwise be counted as the checkpointed region's own.
+            with ops.use_backend(backend), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
                 if not grad:
                     with torch.no_grad():
                         return fn(*tensors, eps=eps, branch_scale=branch_scale, act=act)

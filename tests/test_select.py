@@ -514,3 +514,28 @@ def test_gpu_report_step(monkeypatch, pretend_cuda, capsys):
     monkeypatch.setattr(sel, "measure", lambda *a, **k: [])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert sel.main(flags) == 0
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_timing_inside_activation_checkpointing(monkeypatch, pretend_cuda, use_reentrant):
+    """The first call of a key can be timed inside torch.utils.checkpoint (fastmixer's set_grad_checkpointing): the
+    candidates' saved tensors must not go through the checkpoint's hooks (non-reentrant checkpointing matches saved
+    tensors by position between forward and recomputation), so gradients equal those of an uncheckpointed run."""
+    from torch.utils.checkpoint import checkpoint
+
+    args = make_args(grad=True)
+    fake = use_timer(monkeypatch, REFERENCE_WINS, run=True)  # runs both candidates, forward + backward
+
+    def f(*tensors):
+        return fastmixer.token_mix(*tensors) * 2
+
+    def grads(out):  # .backward(): reentrant checkpointing refuses autograd.grad
+        for t in args[:7]:
+            t.grad = None
+        out.square().sum().backward()
+        return [t.grad.clone() for t in args[:7]]
+
+    checkpointed = grads(checkpoint(f, *args[:7], use_reentrant=use_reentrant))
+    assert fake.calls == (2 if use_reentrant else 1)  # reentrant: forward without grad, recomputation with grad
+    for g, e in zip(checkpointed, grads(f(*args[:7]))):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
