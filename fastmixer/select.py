@@ -399,9 +399,12 @@ def _untimed_reason(args: Sequence[Tensor | None]) -> str | None:
         return "a TorchDispatchMode is active"
     if torch._guards.detect_fake_mode() is not None:
         return "tracing"
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
     for t in args:
         if t is not None and type(t) not in (torch.Tensor, torch.nn.Parameter):
             return f"a {type(t).__name__} argument"
+        if t is not None and wrapped(t):
+            return "a torch.func transform (vmap, grad, ...)"
     x = args[0]
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return "CUDA graph capture"

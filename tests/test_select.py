@@ -539,3 +539,12 @@ def test_timing_inside_activation_checkpointing(monkeypatch, pretend_cuda, use_r
     assert fake.calls == (2 if use_reentrant else 1)  # reentrant: forward without grad, recomputation with grad
     for g, e in zip(checkpointed, grads(f(*args[:7]))):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_no_timing_under_torch_func():
+    """Inside vmap the tensors are functorch wrappers: the untimed default, never the timer (fails if called)."""
+    args = make_args()
+    batched_x = args[0].unsqueeze(0).expand(2, *args[0].shape)
+    torch.func.vmap(lambda x: torch.tensor(0.0) if choose((x, *args[1:])) else None)(batched_x)
+    (record,) = sel.selection().values()
+    assert record["source"] == "default" and "torch.func" in record["reason"]
