@@ -3,7 +3,6 @@
 import socket
 import time
 from collections.abc import Callable
-from functools import partial
 
 import pytest
 import torch
@@ -24,26 +23,58 @@ def randomize_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
 
 
 def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain timm MlpMixer with the same architecture and weights as a fastmixer model."""
-    from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
+    """A plain timm MlpMixer with the same architecture and weights as a fastmixer model (copied: fastmixer.to_timm)."""
+    from fastmixer.weights import to_timm
 
-    blk = model.blocks[0]
-    t = TimmMlpMixer(
-        num_classes=model.num_classes,
-        img_size=model.stem.img_size,
-        in_chans=model.in_chans,
-        patch_size=model.stem.patch_size[0],
-        num_blocks=len(model.blocks),
-        embed_dim=model.embed_dim,
-        mlp_ratio=(
-            blk.mlp_tokens.fc1.out_features / model.embed_dim,
-            blk.mlp_channels.fc1.out_features / model.embed_dim,
-        ),
-        norm_layer=partial(torch.nn.LayerNorm, eps=blk.norm1.eps),
-        global_pool=model.global_pool,
-    )
-    t.load_state_dict(model.state_dict(), strict=True)
-    return t.to(next(model.parameters()).device).train(model.training)
+    return to_timm(model, share=False)
+
+
+# ------------------------------------------------------------------------------------------------ the three-way rule
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b|, in fp32 (or fp64 when either is fp64)."""
+    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    return (a.to(dtype) - b.to(dtype)).abs().max().item()
+
+
+# The three-way rule's absolute term, one row per kind of comparison (DESIGN.md): each dtype test names its row.
+# atol(dtype, oracle) -> float. The values are those the tests were written with; none is loosened here.
+THREE_WAY_ATOL: dict[str, Callable[[torch.dtype, torch.Tensor], float]] = {
+    # one fused op's output vs fp32 math on the same rounded inputs: one rounding of the output dtype
+    "op_eps": lambda dtype, oracle: torch.finfo(dtype).eps,
+    # whole-model logits and gradients (errors compound over blocks): relative to the fp32 magnitude
+    "model_rel": lambda dtype, oracle: 1e-3 * oracle.abs().max().item(),
+    # backward kernels' gradients: fp16 relative 1e-3; bf16 (and fp32 x with bf16 weights) relative 1e-2, as the
+    # interpreter rounds fp32 -> bf16 toward zero (see test_backward_kernels.test_bf16_three_way)
+    "bwd_rel": lambda dtype, oracle: (1e-3 if dtype == torch.float16 else 1e-2) * oracle.abs().max().item(),
+    # absolute terms of op-level checks at unit-scale outputs
+    "op_abs_1e-2": lambda dtype, oracle: 1e-2,
+    "op_abs_1e-4": lambda dtype, oracle: 1e-4,
+    "op_abs_1e-5": lambda dtype, oracle: 1e-5,
+    "tiny_model_abs": lambda dtype, oracle: 1e-3,  # tiny Mixer logits, fp16
+    "fp32_vs_fp64": lambda dtype, oracle: 1e-7,  # fp32 kernels against an fp64 oracle
+}
+
+
+def assert_three_way(
+    ours: torch.Tensor,
+    oracle: torch.Tensor,
+    torch_same: torch.Tensor,
+    row: str,
+    dtype: torch.dtype | None = None,
+    *,
+    what: str = "",
+    differs: bool = False,
+) -> tuple[float, float]:
+    """err(ours vs oracle) <= 2 * err(torch in the same dtype vs oracle) + THREE_WAY_ATOL[row](dtype, oracle).
+
+    dtype: the low precision under test (default ours.dtype). differs: also require err(torch) > 0, so that the rule
+    compares something. Returns (err ours, err torch)."""
+    err, err_torch = max_err(ours, oracle), max_err(torch_same, oracle)
+    if differs:
+        assert err_torch > 0, f"{what}: the same-dtype torch run equals the oracle: the rule would compare nothing"
+    atol = THREE_WAY_ATOL[row](dtype or ours.dtype, oracle)
+    assert err <= 2 * err_torch + atol, f"{what}: err {err:.3g} > 2 * torch err {err_torch:.3g} + {atol:.3g}"
+    return err, err_torch
 
 
 def run_ranks(worker: Callable, out_dir, world: int, timeout_s: float, what: str) -> None:
