@@ -494,9 +494,11 @@ def choose(
             return _default(key, why)
         try:
             samples = timer(_candidates(kind, args, eps=eps, act=act, grad=grad))
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # the fused path for this process (not on disk: memory may free up)
             _warn_once(("oom", key), f"fastmixer: timing {kind}_mix ran out of GPU memory; using the fused path")
-            return _default(key, "timing ran out of memory")
+            _STATE.memory[key] = _record("fused", "timing ran out of memory: fused kept", "default")
+            _STATE.fast[fast] = "triton"
+            return "triton"
         verdict = decide(samples)
         record = _record(verdict.choice, verdict.reason, "timed", verdict.fused_ms, verdict.reference_ms)
         _STATE.memory[key] = record

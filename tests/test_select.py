@@ -548,3 +548,19 @@ def test_no_timing_under_torch_func():
     torch.func.vmap(lambda x: torch.tensor(0.0) if choose((x, *args[1:])) else None)(batched_x)
     (record,) = sel.selection().values()
     assert record["source"] == "default" and "torch.func" in record["reason"]
+
+
+def test_out_of_memory_while_timing(monkeypatch):
+    """Timing that runs out of GPU memory keeps the fused path for this process (one warning, timed no more), and
+    writes nothing to disk."""
+
+    def oom(calls):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    fake = use_timer(monkeypatch, oom)
+    with pytest.warns(RuntimeWarning, match="ran out of GPU memory"):
+        assert choose(make_args()) == "triton"
+    assert choose(make_args()) == "triton" and fake.calls == 1
+    assert not sel.cache_path().exists()
+    (record,) = sel.selection().values()
+    assert "out of memory" in record["reason"]
