@@ -38,7 +38,8 @@ selection existed) with one warning per key; run the model once eagerly before c
 mode), or call `fastmixer.tune_selection`, to have it measured first. Shapes are specialised (each shape its own graph).
 A compiled graph keeps the choice it was traced with until it is traced again (torch._dynamo.reset()). The same
 untimed default applies under any other tracing (fake tensors, a TorchDispatchMode such as fastmixer's launch counter,
-tensor subclasses, CUDA graph capture).
+tensor subclasses, torch.func transforms, CUDA graph capture). Timing inside activation checkpointing is safe: the
+candidates' saved tensors bypass the checkpoint's saved-tensor hooks.
 
 Correctness: the choice is made before dispatch, per call, so a call's forward and backward always belong to one
 implementation (the reference path's backward is aten autograd, the fused one the registered Triton backward). Both

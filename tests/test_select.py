@@ -564,3 +564,14 @@ def test_out_of_memory_while_timing(monkeypatch):
     assert not sel.cache_path().exists()
     (record,) = sel.selection().values()
     assert "out of memory" in record["reason"]
+
+
+def test_tune_selection_before_compiling(monkeypatch, pretend_cuda):
+    """tune_selection runs the model once (forward + backward with train=True): each op's key is timed once, whatever
+    the number of blocks, no .grad is left on the parameters, and the lines name both ops."""
+    model = fastmixer.MlpMixer(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40).to(DEVICE)
+    fake = use_timer(monkeypatch, REFERENCE_WINS)
+    lines = fastmixer.tune_selection(model, torch.randn(1, 3, 42, 42, device=DEVICE), train=True)
+    assert fake.calls == 2  # token_mix and channel_mix, training keys, shared by both blocks
+    assert all(p.grad is None for p in model.parameters())
+    assert sum("forward+backward: reference" in line for line in lines) == 2
