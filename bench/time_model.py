@@ -626,7 +626,7 @@ def count_case(variant: str, batch: int, dtype: Any, num_blocks: int | None = No
     import fastmixer
     from fastmixer.bench import counting
     from fastmixer.kernels import channel_mix, channel_mix_bwd, norm_pool, token_mix, token_mix_bwd  # noqa: F401
-    from fastmixer.weights import to_timm
+    from fastmixer.timm_convert import to_timm
 
     d = dict(_dims(variant))
     name = variant if variant.startswith(("mixer", "fastmixer")) else f"mixer_{variant}_224"

@@ -24,7 +24,7 @@ def randomize_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
 
 def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
     """A plain timm MlpMixer with the same architecture and weights as a fastmixer model (copied: fastmixer.to_timm)."""
-    from fastmixer.weights import to_timm
+    from fastmixer.timm_convert import to_timm
 
     return to_timm(model, share=False)
 

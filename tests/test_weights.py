@@ -24,14 +24,13 @@ from timm.models.mlp_mixer import ResBlock
 
 import fastmixer
 from fastmixer import MixerBlock, MlpMixer
+from fastmixer.timm_convert import from_timm, to_timm
 from fastmixer.weights import (
     CheckpointError,
     LoadResult,
-    from_timm,
     infer_config,
     load_checkpoint,
     model_from_checkpoint,
-    to_timm,
 )
 
 CFG = dict(num_classes=10, img_size=24, patch_size=4, num_blocks=2, embed_dim=24)

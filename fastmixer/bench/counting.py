@@ -418,7 +418,7 @@ def count_variant(
     """
     import fastmixer
     from fastmixer.registry import resolve_variant
-    from fastmixer.weights import to_timm
+    from fastmixer.timm_convert import to_timm
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
