@@ -28,9 +28,10 @@ FASTMIXER_SELECT (read at each choice; case-insensitive):
   * off: the selection layer steps aside: no key, no timing, no cache, nothing recorded; the backend alone decides
     (fused on CUDA), exactly as before selection existed. `off` and `fused` run the same kernels; `off` skips the
     bookkeeping.
-Any other value raises ValueError. The selection applies only where the backend is "auto" and the tensors are CUDA: an
-explicit backend (FASTMIXER_BACKEND, set_backend, use_backend) always wins, and CPU tensors run the reference path
-without any timing. norm_pool is not selected: it runs once per forward (not per block) as one memory-bound kernel.
+Any other value raises ValueError at the first call the selection decides. It applies only where the backend is
+"auto" and the tensors are CUDA: an explicit backend (FASTMIXER_BACKEND, set_backend, use_backend) always wins, and
+CPU tensors run the reference path without any timing. norm_pool is not selected: it runs once per forward (not per
+block) as one memory-bound kernel.
 
 torch.compile: the choice is made while dynamo traces (a constant in the graph, via `assume_constant_result`), from
 the cache only: nothing is timed inside a trace. A key not cached yet uses TRACED_DEFAULT ("fused", the behaviour before
