@@ -276,9 +276,15 @@ def _token_mix_fwd(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=trips, flops=2 * 2 * B * m["C"] * m["DT"] * m["S"])  # W1 Y and W2 H per image
 
 
-@_kernel("_ln_fc1_gelu_kernel")
+@_kernel("_layernorm_fwd_kernel")
+def _layernorm_fwd(m: dict[str, Any]) -> dict[str, Any]:
+    # depth 0: the statistics loop and the normalising loop, both over C in BLOCK_K chunks
+    return dict(trips=[_cdiv(m["C"], m["BLOCK_K"])], flops=0)
+
+
+@_kernel("_fc1_gelu_kernel")
 def _ln_fc1(m: dict[str, Any]) -> dict[str, Any]:
-    # depth 0: the LN-statistics prologue loop and the GEMM main loop, both over K in BLOCK_K steps
+    # depth 0: the GEMM main loop over K in BLOCK_K steps (LayerNorm is the separate _layernorm_fwd_kernel pass)
     return dict(trips=[_cdiv(m["K"], m["BLOCK_K"])], flops=2 * m["M"] * m["N"] * m["K"])
 
 

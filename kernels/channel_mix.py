@@ -1,19 +1,31 @@
-"""Fused channel-mixing forward: two GEMM launches over the rows of the residual stream.
+"""Fused channel-mixing forward: a LayerNorm pass and two pure GEMMs with fused epilogues over the residual rows.
 
 Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no copy). With W the weights' dtype:
 
-  GEMM1  (M x K=C) @ (K x N=Dc), `_ln_fc1_gelu_kernel`
-      prologue:  mu[m], rstd[m] over the C channels of row m, fp32 (per-lane Welford, one pass over K)
-                 a[m, k] = ((x[m, k] - mu[m]) * rstd[m] * g[k] + beta[k]) -> W      (torch's LN output, cast to W)
-      main loop: acc[m, n] = sum_k a[m, k] * W1[n, k]                                 (fp32 accumulation)
+  LN pass  `layernorm._layernorm_fwd_kernel` (kernels/layernorm.py)
+      y[m, k] = ((x[m, k] - mu[m]) * rstd[m] * g[k] + beta[k]) -> W      fp32 statistics (shifted Welford) and math,
+                                                                           one rounding to W: torch's LN output cast
+  GEMM1  (M x K=C) @ (K x N=Dc), `_fc1_gelu_kernel`
+      main loop: acc[m, n] = sum_k y[m, k] * W1[n, k]                      (operand loads + MMA only, fp32 accumulator)
       epilogue:  h[m, n] = GELU(acc + b1[n]) -> W   (exact erf, or tanh under ACT)     h [M, Dc] stored in W
   GEMM2  (M x K=Dc) @ (K x N=C), `_fc2_residual_kernel`
       main loop: acc[m, n] = sum_k h[m, k] * W2[n, k]
       epilogue:  out[m, n] = x[m, n] + s[m // S] * (acc + b2[n])   in fp32, stored in promote(X, W)
 
-Both GEMMs use grouped ("swizzled") program order on a 1-D grid: programs are walked in column-major groups of
-GROUP_M row tiles, so the GROUP_M row panels of A and the weight column panel a group touches stay in L2.
-Row offsets are int64 (M * Dc exceeds 2^31 at batch 4096 x 196 tokens x 3072).
+Why a separate LN pass rather than LayerNorm inside GEMM1: recomputing each row's statistics in every column tile and
+normalising the A tile in registers made GEMM1's main loop issue-bound (sm_90 SASS: 1.4-2.8 issue cycles per MMA
+cycle, 170 registers, 1 CTA/SM). The pass costs one read of x and one write + read of y [M, C] in W (at B/16 bf16
+batch 256: ~0.23 GB of ~1.2 GB the block moves anyway) and leaves both GEMMs pure, at the same rounding points as torch.
+Folding gamma into W1 with mean/rstd in the epilogue would skip writing y, but with an fp32 residual stream and 16-bit
+weights (autocast) x itself would have to be rounded to W before the MMA: for rows whose mean is large against their
+spread that rounding is ~|mean|/spread times torch's error, outside the three-way rule.
+
+Both GEMMs use grouped ("swizzled") program order on a 1-D grid: programs are walked in column-major groups of GROUP_M
+row tiles, so the GROUP_M row panels of A and the weight column panel a group touches stay in L2.
+Operand tiles repeat the last row/column past M/N (always in bounds: the loads need only the K mask; stores are
+masked), both operands K-contiguous (W1 and W2 in their timm layout [N, K]), cp.async-pipelined by Triton over
+num_stages. Each tile's base offset is one int64 scalar (M * Dc exceeds 2^31 at batch 4096 x 196 tokens x 3072);
+offsets inside a tile are int32, which keeps the per-element pointer math out of the registers.
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ from torch import Tensor
 
 from fastmixer.mix_args import MixArgs, check_mix_args
 
-from ._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
+from . import layernorm
+from ._common import INTERPRET, dot_precision, gelu, pick_configs
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 
@@ -43,8 +56,81 @@ def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
     return pid_m, pid_n
 
 
+@triton.jit
+def _matmul_nt(
+    a_ptr,  # [M, K] row-major
+    b_ptr,  # [N, K] row-major (a weight in its nn.Linear layout)
+    row0,  # first row of this tile (pid_m * BLOCK_M)
+    col0,  # first column of this tile (pid_n * BLOCK_N)
+    M,
+    N,
+    K,
+    PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """acc [BLOCK_M, BLOCK_N] fp32 = A[row0 : row0 + BLOCK_M, :] @ B[col0 : col0 + BLOCK_N, :]^T. The main loop holds
+    operand loads and tl.dot only: rows/columns past M/N repeat the last one (always in bounds, never stored), K past
+    the end is zero-filled. The tile's base offset is one int64 scalar; per-element offsets are int32 within the
+    tile's row panel (BLOCK_M x K elements), which keeps the pointer math and its registers small."""
+    rows = tl.minimum(row0 + tl.arange(0, BLOCK_M), M - 1) - row0  # [BLOCK_M] local rows
+    cols = tl.minimum(col0 + tl.arange(0, BLOCK_N), N - 1) - col0  # [BLOCK_N] local columns
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = (a_ptr + row0.to(tl.int64) * K) + (rows[:, None] * K + offs_k[None, :])  # A tile [BLOCK_M, BLOCK_K]
+    b_ptrs = (b_ptr + col0.to(tl.int64) * K) + (cols[None, :] * K + offs_k[:, None])  # B tile [BLOCK_K, BLOCK_N]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+        if DOT_F32:  # interpreter + bf16 only: exact products of the bf16 values, fp32 accumulation
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _bias_gelu_store(acc, b_ptr, out_ptr, rows_left, cols_left, ld, ACT: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr):  # fmt: skip
+    """out[i, j] = GELU(acc[i, j] + b[j]) in fp32, rounded to out's dtype, for i < rows_left, j < cols_left.
+    acc [BM, BN] fp32; b_ptr, out_ptr: the tile's first bias / output element; ld: output row stride."""
+    offs_m = tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    n_mask = offs_n < cols_left
+    bias = tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    h = gelu(acc + bias[None, :], ACT)
+    mask = (offs_m < rows_left)[:, None] & n_mask[None, :]
+    tl.store(out_ptr + (offs_m[:, None] * ld + offs_n[None, :]), h.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_residual_store(acc, b_ptr, scale_ptr, x_ptr, out_ptr, row0, M, cols_left, ld, S, HAS_SCALE: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+    """out[i, j] = x[i, j] + s[(row0 + i) // S] * (acc[i, j] + b[j]) in fp32, rounded to out's dtype, for rows
+    row0 + i < M and j < cols_left. acc [BM, BN] fp32; b_ptr, x_ptr, out_ptr: the tile's first bias / residual /
+    output element; ld: row stride of x and out; s read from scale_ptr only when HAS_SCALE."""
+    offs_m = tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    m_mask = offs_m < M - row0
+    n_mask = offs_n < cols_left
+    o = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + (row0 + offs_m) // S, mask=m_mask, other=0.0).to(tl.float32)
+        o = o * s[:, None]
+    mask = m_mask[:, None] & n_mask[None, :]
+    offs = offs_m[:, None] * ld + offs_n[None, :]
+    res = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (res + o).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------------------------------------ autotune configs
-# Shared-memory budget for the early prune: A100's 163 KB per block less headroom (configs must also fit sm_80).
+# Shared-memory budget of the early prune: A100's 163 KB per block less headroom. One budget for every GPU: the AOT
+# specs do not depend on the device, and each is built and checked for sm_90 and sm_80 alike.
 _SMEM_BUDGET = 150 * 1024
 
 
@@ -53,20 +139,23 @@ def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
     return triton.Config(meta, num_warps=warps, num_stages=stages)
 
 
-# Tensor-core tiles (fp16/bf16 operands, and fp32 operands under tf32). 128 x 256 tiles and 128 x 128 tiles on 4 warps
-# spill: the fused prologue/epilogue hold an fp32 tile beside the accumulator. 64 x 64 keeps enough programs busy at
-# small M (batch-1 inference: M = 196). The first one is the conservative config the interpreter runs.
-_TC_CONFIGS = [_cfg(128, 128, 64, 8, 2), _cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
-               _cfg(64, 64, 64, 4, 4)]  # fmt: skip
+# 2-byte operands (fp16/bf16) on the tensor cores. 8 warps = two warpgroups, each owning 64 rows of the tile (a
+# 64 x BLOCK_N wgmma): 128 x 256 holds a 128-register accumulator per thread, so its epilogue runs in two halves.
+# 64-row tiles on one warpgroup keep enough programs busy at small M (batch-1 inference: M = 196). Not listed: 256 x 128
+# on 8 warps and 128 x 128 on 4 (the same 128-register accumulator, their GELU epilogue spilled on sm_90).
+# The first is the config the interpreter runs.
+_TC16_CONFIGS = [_cfg(128, 128, 64, 8, 3), _cfg(128, 256, 64, 8, 3), _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 4)]
+# fp32 operands under tf32: K steps of 32 keep 4-byte stages within the budget.
+_TF32_CONFIGS = [_cfg(128, 128, 32, 8, 3), _cfg(128, 256, 32, 8, 3), _cfg(64, 128, 32, 4, 4), _cfg(64, 64, 32, 4, 4)]
 # fp32 operands with input_precision="ieee" (torch's default fp32 matmul) run tl.dot on the FMA units: the tensor-core
-# tiles spill there (sm_80: kilobytes of stack), so smaller ones.
+# tiles spill there, so smaller ones.
 _FMA_CONFIGS = [_cfg(64, 128, 32, 8, 3), _cfg(128, 64, 32, 8, 3), _cfg(32, 64, 32, 4, 3)]
 
 
 def _configs() -> list[triton.Config]:
-    """Every GEMM config, conservative first (the interpreter uses only it); the early prune keeps, per call, the
-    tensor-core or the FMA list (at most 5) that fits the shared-memory budget."""
-    return _TC_CONFIGS + _FMA_CONFIGS
+    """Every GEMM config, conservative first (the interpreter uses only it); the early prune keeps, per call, the list
+    for the operand dtype and dot precision, less any config over the shared-memory budget."""
+    return _TC16_CONFIGS + _TF32_CONFIGS + _FMA_CONFIGS
 
 
 def _smem_estimate(cfg: triton.Config, a_bytes: int, b_bytes: int) -> int:
@@ -75,23 +164,29 @@ def _smem_estimate(cfg: triton.Config, a_bytes: int, b_bytes: int) -> int:
     return cfg.num_stages * k["BLOCK_K"] * (k["BLOCK_M"] * a_bytes + k["BLOCK_N"] * b_bytes)
 
 
+def _route_configs(w_bytes: int, precision: str) -> list[triton.Config]:
+    if w_bytes == 2:
+        return _TC16_CONFIGS
+    return _TF32_CONFIGS if precision == "tf32" else _FMA_CONFIGS
+
+
 def _gpu_configs(a_bytes: int, w_bytes: int, precision: str) -> list[tuple[int, triton.Config]]:
     """(index in _configs(), config) of the configs a GPU call autotunes over for these operand sizes/precision."""
-    fma = w_bytes == 4 and precision == "ieee"
+    mine = _route_configs(w_bytes, precision)
     return [
         (i, c)
         for i, c in enumerate(_configs())
-        if (c in _FMA_CONFIGS) == fma and _smem_estimate(c, a_bytes, w_bytes) <= _SMEM_BUDGET
+        if any(c is m for m in mine) and _smem_estimate(c, a_bytes, w_bytes) <= _SMEM_BUDGET
     ]
 
 
 def _prune(configs, named_args, a_arg, w_arg, precision):
     kept = [c for _, c in _gpu_configs(named_args[a_arg].element_size(), named_args[w_arg].element_size(), precision)]
-    return [c for c in configs if c in kept] or configs[:1]
+    return [c for c in configs if any(c is k for k in kept)] or configs[:1]
 
 
 def _prune_fc1(configs, named_args, **kwargs):
-    return _prune(configs, named_args, "x_ptr", "w1_ptr", kwargs.get("INPUT_PRECISION", "ieee"))
+    return _prune(configs, named_args, "y_ptr", "w1_ptr", kwargs.get("INPUT_PRECISION", "ieee"))
 
 
 def _prune_fc2(configs, named_args, **kwargs):
@@ -103,19 +198,16 @@ def _prune_fc2(configs, named_args, **kwargs):
     configs=pick_configs(_configs()), key=["M", "N", "K"], prune_configs_by={"early_config_prune": _prune_fc1}
 )
 @triton.jit
-def _ln_fc1_gelu_kernel(
-    x_ptr,  # [M, K] X: residual-stream rows (M = B * S, K = C)
-    ln_w_ptr,  # [K] LayerNorm weight g (any float dtype, read as fp32)
-    ln_b_ptr,  # [K] LayerNorm bias beta
+def _fc1_gelu_kernel(
+    y_ptr,  # [M, K] W: LN(x) rows (M = B * S, K = C), from the LN pass
     w1_ptr,  # [N, K] W: fc1.weight (timm layout, N = Dc)
     b1_ptr,  # [N] fc1.bias
-    h_ptr,  # [M, N] W out: GELU(LN(x) @ W1^T + b1)
+    h_ptr,  # [M, N] W out: GELU(y @ W1^T + b1)
     M,
     N,
     K,
-    eps,
     INPUT_PRECISION: tl.constexpr,  # "ieee" | "tf32" (fp32 operands only)
-    DOT_F32: tl.constexpr,  # interpreter + bf16 only: upcast the bf16-rounded operands to fp32 before tl.dot
+    DOT_F32: tl.constexpr,  # interpreter + bf16 only: upcast the bf16 operands to fp32 before tl.dot
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -123,42 +215,22 @@ def _ln_fc1_gelu_kernel(
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    x_rows = x_ptr + offs_m.to(tl.int64) * K  # [BLOCK_M] row starts
-    w_dtype = w1_ptr.dtype.element_ty
+    row0 = pid_m * BLOCK_M
+    col0 = pid_n * BLOCK_N
+    acc = _matmul_nt(y_ptr, w1_ptr, row0, col0, M, N, K, INPUT_PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
 
-    # prologue: fp32 mean/rstd of this program's rows over all K channels (re-read from L2 by the main loop)
-    mean, rstd = ln_row_stats(x_rows, m_mask, K, eps, BLOCK_M, BLOCK_K)
-
-    mean = mean[:, None]  # [BLOCK_M, 1]
-    rstd = rstd[:, None]
-    offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_rows[:, None] + offs_k[None, :]  # A tile [BLOCK_M, BLOCK_K]
-    w_ptrs = w1_ptr + offs_n[None, :] * K + offs_k[:, None]  # B tile [BLOCK_K, BLOCK_N] = W1[n, k]^T, in place
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xk = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        g = tl.load(ln_w_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)  # 0 past K: a[:, k >= K] = 0
-        beta = tl.load(ln_b_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        # LayerNorm fused into the A tile: fp32 -> W (the rounding point of torch's LN output)
-        a = ((xk - mean) * rstd * g[None, :] + beta[None, :]).to(w_dtype)
-        b = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if DOT_F32:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-
-    # epilogue: + b1, GELU in fp32, one rounding to W
-    b1 = tl.load(b1_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    h = gelu(acc + b1[None, :], ACT)
-    h_ptrs = h_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    # epilogue: + b1, GELU in fp32, one rounding to W; int64 tile base, int32 offsets inside the tile. Tiles 256
+    # wide are finished in two 128-column halves: GELU's temporaries beside the whole 128-register accumulator spill.
+    h_tile = h_ptr + row0.to(tl.int64) * N + col0
+    rows_left = M - row0
+    if BLOCK_N >= 256:
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        acc0, acc1 = tl.split(halves)
+        _bias_gelu_store(acc0, b1_ptr + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N // 2)
+        _bias_gelu_store(acc1, b1_ptr + col0 + BLOCK_N // 2, h_tile + BLOCK_N // 2, rows_left,
+                         N - col0 - BLOCK_N // 2, N, ACT, BLOCK_M, BLOCK_N // 2)  # fmt: skip
+    else:
+        _bias_gelu_store(acc, b1_ptr + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N)
 
 
 @triton.autotune(
@@ -185,36 +257,23 @@ def _fc2_residual_kernel(
     GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    rows = offs_m.to(tl.int64)
+    row0 = pid_m * BLOCK_M
+    col0 = pid_n * BLOCK_N
+    acc = _matmul_nt(h_ptr, w2_ptr, row0, col0, M, N, K, INPUT_PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
 
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = h_ptr + rows[:, None] * K + offs_k[None, :]  # A tile [BLOCK_M, BLOCK_K]
-    b_ptrs = w2_ptr + offs_n[None, :] * K + offs_k[:, None]  # B tile [BLOCK_K, BLOCK_N] = W2[n, k]^T, in place
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if DOT_F32:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-
-    # epilogue (fp32): + b2, * s[sample], + residual, one rounding to the output dtype
-    o = acc + tl.load(b2_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SCALE:
-        s = tl.load(scale_ptr + rows // S, mask=m_mask, other=0.0).to(tl.float32)
-        o = o * s[:, None]
-    io_mask = m_mask[:, None] & n_mask[None, :]
-    io_offs = rows[:, None] * N + offs_n[None, :]
-    res = tl.load(x_ptr + io_offs, mask=io_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + io_offs, (res + o).to(out_ptr.dtype.element_ty), mask=io_mask)
+    # epilogue (fp32): + b2, * s[sample], + residual, one rounding to the output dtype; 256-wide tiles in two halves
+    tile = row0.to(tl.int64) * N + col0  # int64 tile base; int32 offsets inside the tile
+    if BLOCK_N >= 256:
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        acc0, acc1 = tl.split(halves)
+        _bias_residual_store(acc0, b2_ptr + col0, scale_ptr, x_ptr + tile, out_ptr + tile, row0, M, N - col0, N, S,
+                             HAS_SCALE, BLOCK_M, BLOCK_N // 2)  # fmt: skip
+        _bias_residual_store(acc1, b2_ptr + col0 + BLOCK_N // 2, scale_ptr, x_ptr + tile + BLOCK_N // 2,
+                             out_ptr + tile + BLOCK_N // 2, row0, M, N - col0 - BLOCK_N // 2, N, S, HAS_SCALE,
+                             BLOCK_M, BLOCK_N // 2)  # fmt: skip
+    else:
+        _bias_residual_store(acc, b2_ptr + col0, scale_ptr, x_ptr + tile, out_ptr + tile, row0, M, N - col0, N, S,
+                             HAS_SCALE, BLOCK_M, BLOCK_N)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ launcher
@@ -232,12 +291,13 @@ def channel_mix_fwd(
     allow_tf32: bool,
     act: str = "gelu",
 ) -> Tensor:
-    """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in two launches.
+    """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in three launches (LN pass, GEMM1, GEMM2).
 
     x [B, S, C] (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] and the biases [Dc] / [C] in one dtype W
     (x's, or another under autocast); ln_* [C] any float dtype; branch_scale [B] or None (fastmixer.mix_args has the
     contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
-    Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). The hidden h [B*S, Dc] is materialised in W.
+    Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). Transient: y = LN(x) [B*S, C] and the hidden
+    h [B*S, Dc], both in W; nothing is kept for backward (it recomputes from x).
     """
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
     check_mix_args("channel_mix_fwd", "channel", args, eps=eps, act=act, kernel=True, mixed=True)
@@ -249,6 +309,7 @@ def channel_mix_fwd(
     M = B * S
     if M == 0 or C == 0:
         return out
+    y = layernorm.layernorm_fwd(x, ln_weight, ln_bias, eps=eps, out_dtype=w_dtype)  # [B, S, C] W
     h = torch.empty((M, Dc), dtype=w_dtype, device=x.device)  # [M, Dc] W
     precision = dot_precision(allow_tf32, w_dtype)
     dot_f32 = INTERPRET and w_dtype == torch.bfloat16
@@ -259,10 +320,10 @@ def channel_mix_fwd(
     def grid2(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),)
 
-    _ln_fc1_gelu_kernel[grid1](
-        x, ln_weight, ln_bias, fc1_weight, fc1_bias, h, M, Dc, C, float(eps),
-        INPUT_PRECISION=precision, DOT_F32=dot_f32, ACT=act,
+    _fc1_gelu_kernel[grid1](
+        y, fc1_weight, fc1_bias, h, M, Dc, C, INPUT_PRECISION=precision, DOT_F32=dot_f32, ACT=act
     )  # fmt: skip
+    del y
     _fc2_residual_kernel[grid2](
         h, fc2_weight, fc2_bias, branch_scale if branch_scale is not None else x, x, out, M, C, Dc, S,
         HAS_SCALE=branch_scale is not None, INPUT_PRECISION=precision, DOT_F32=dot_f32,
@@ -280,21 +341,22 @@ def spec_cases() -> list[Case]:
 
 def gpu_build_specs() -> list[dict]:
     """One spec per distinct (kernel, autotune config the early prune keeps, dtype route, specialisation) at the
-    model shapes (kernels/_specs.py). M = B * S, N and K are runtime ints: shapes differ only in their divisibility."""
+    model shapes (kernels/_specs.py): the LN pass (layernorm.py) and both GEMMs. M = B * S, N and K are runtime ints:
+    shapes differ only in their divisibility."""
     specs = SpecSet("channel_mix")
+    layernorm.build_specs(specs, spec_cases())
     for case in spec_cases():
         route, shape = case.tag, case.shape
-        x_dt, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
-        x, ln, w = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt)
+        x_dt, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        x, w = Ptr(x_dt), Ptr(w_dt)
         out = Ptr(torch.promote_types(x_dt, w_dt))
         prec = dot_precision(tf32, w_dt)
         M, C, Dc = shape.M, shape.C, shape.DC
-        fc1 = dict(x_ptr=x, ln_w_ptr=ln, ln_b_ptr=ln, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, eps=1e-6,
-                   INPUT_PRECISION=prec, DOT_F32=False, ACT=case.act)  # fmt: skip
+        fc1 = dict(y_ptr=w, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, INPUT_PRECISION=prec, DOT_F32=False,
+                   ACT=case.act)  # fmt: skip
         fc2 = dict(h_ptr=w, w2_ptr=w, b2_ptr=w, scale_ptr=Ptr(x_dt), x_ptr=x, out_ptr=out, M=M, N=C, K=Dc, S=shape.S,
                    HAS_SCALE=case.scale, INPUT_PRECISION=prec, DOT_F32=False)  # fmt: skip
-        for i, cfg in _gpu_configs(x_dt.itemsize, w_dt.itemsize, prec):
-            specs.add(_ln_fc1_gelu_kernel, route, shape, fc1, cfg, config_index=i)
         for i, cfg in _gpu_configs(w_dt.itemsize, w_dt.itemsize, prec):
+            specs.add(_fc1_gelu_kernel, route, shape, fc1, cfg, config_index=i)
             specs.add(_fc2_residual_kernel, route, shape, fc2, cfg, config_index=i)
     return specs.specs()

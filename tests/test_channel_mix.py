@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 import fastmixer
 from fastmixer import ops
@@ -77,7 +78,8 @@ def test_fp32_matches_reference(B, S, C, Dc, scaled):
 
 def test_fp32_layernorm_stats_stable_under_offset():
     """x = 300 + 2 * noise: E[x^2] - E[x]^2 in fp32 would carry an error ~ 9e4 * 2^-24 ~ 5e-3 on a variance of 4
-    (1e-3 relative on the output); the in-kernel Welford statistics stay within the fp32 reference's own error."""
+    (1e-3 relative on the output); the LN pass's shifted Welford statistics (kernels/layernorm.py) stay within the fp32
+    reference's own error."""
     args = make_inputs(3, 49, 100, 75, x_shift=300.0, tiny_tokens=False)
     out = run(args)
     ref = channel_mix_ref(*args, eps=EPS)
@@ -125,6 +127,23 @@ def test_mixed_fp32_x_low_precision_weights(w_dtype):
     assert out.dtype == torch.float32
     ref32 = channel_mix_ref(x, ln_w, ln_b, *(t.float() for t in fc), eps=EPS, branch_scale=s)
     _three_way(out, ref32, channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS, branch_scale=s), atol=1e-4)
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
+def test_low_precision_large_mean_three_way(x_dtype, w_dtype):
+    """Rows whose mean (300) is large against their spread (2): the LN pass normalises in fp32 before the one rounding
+    to W, so the three-way rule holds for an fp16 model and under autocast (fp32 x, bf16 weights), where a design that
+    fed x itself to the MMA in W would lose ~|mean| / spread times more."""
+    B, S, C, Dc = 3, 49, 72, 150
+    x, ln_w, ln_b, *fc = make_inputs(B, S, C, Dc, x_shift=300.0, tiny_tokens=False)
+    x, ln_w, ln_b = x.to(x_dtype), ln_w.to(x_dtype), ln_b.to(x_dtype)
+    fc = [t.to(w_dtype) for t in fc]
+    out = run([x, ln_w, ln_b, *fc])
+    ref32 = channel_mix_ref(x.float(), ln_w.float(), ln_b.float(), *(t.float() for t in fc), eps=EPS)
+    same = channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS)
+    # the residual (~300) dominates |out| and its rounding is the same in both: compare the branches out - x
+    xf = x.float()
+    _three_way(out.float() - xf, ref32 - xf, same.float() - xf, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ through fastmixer.ops
@@ -221,15 +240,47 @@ class _Arg:
 @pytest.mark.parametrize(
     "w_dtype,precision,expected",
     [
-        (torch.bfloat16, "ieee", cm._TC_CONFIGS),
-        (torch.float16, "ieee", cm._TC_CONFIGS),
+        (torch.bfloat16, "ieee", cm._TC16_CONFIGS),
+        (torch.float16, "ieee", cm._TC16_CONFIGS),
         (torch.float32, "ieee", cm._FMA_CONFIGS),  # FMA dots: the tensor-core tiles spill
-        (torch.float32, "tf32", [cm._TC_CONFIGS[0], cm._TC_CONFIGS[4]]),  # 4-byte tiles within the smem budget
+        (torch.float32, "tf32", cm._TF32_CONFIGS),  # K steps of 32: 4-byte stages within the budget
     ],
 )
 def test_early_prune_picks_the_configs_for_the_dot(w_dtype, precision, expected):
-    named = {"x_ptr": _Arg(w_dtype), "w1_ptr": _Arg(w_dtype), "h_ptr": _Arg(w_dtype), "w2_ptr": _Arg(w_dtype)}
+    named = {"y_ptr": _Arg(w_dtype), "w1_ptr": _Arg(w_dtype), "h_ptr": _Arg(w_dtype), "w2_ptr": _Arg(w_dtype)}
     for prune in (cm._prune_fc1, cm._prune_fc2):
         kept = prune(cm._configs(), named, INPUT_PRECISION=precision, DOT_F32=False)
         assert kept == expected
+        # every kept config fits the budget, which is below A100's 163 KB per block (the specs build for sm_80 too)
         assert all(cm._smem_estimate(c, w_dtype.itemsize, w_dtype.itemsize) <= cm._SMEM_BUDGET for c in kept)
+    assert cm._SMEM_BUDGET < 163 * 1024
+
+
+def test_early_prune_drops_configs_over_the_budget(monkeypatch):
+    # a 256 x 128 fp32 tile with BLOCK_K 64 needs 3 x 64 x (256 + 128) x 4 B = 288 KB: listed, but never kept
+    big = cm._cfg(256, 128, 64, 8, 3)
+    assert cm._smem_estimate(big, 4, 4) > cm._SMEM_BUDGET
+    monkeypatch.setattr(cm, "_TF32_CONFIGS", [*cm._TF32_CONFIGS, big])
+    kept = [c for _, c in cm._gpu_configs(4, 4, "tf32")]
+    assert len(kept) == len(cm._TF32_CONFIGS) - 1 and all(c is not big for c in kept)
+
+
+@pytest.mark.parametrize("block_n", [128, 256])
+def test_gemm_kernels_every_epilogue_width(block_n):
+    """Both GEMM kernels run directly (past the autotuner, which the interpreter limits to its first config) at
+    BLOCK_N = 128 and 256: a 256-wide tile finishes its epilogue in two 128-column halves (tl.split), the second
+    partly masked here (N = 300, 200), and tiles past M repeat the last row without storing it (M = 147)."""
+    M, C, Dc, S = 147, 200, 300, 49
+    x, _, _, w1, b1, w2, b2 = make_inputs(3, S, C, Dc)
+    y = torch.randn(M, C, device=DEVICE)
+    s = branch_scale(3)
+    meta = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=32, GROUP_M=8, INPUT_PRECISION="ieee", DOT_F32=False)
+    h = torch.empty(M, Dc, device=DEVICE)
+    grid1 = (triton.cdiv(M, 64) * triton.cdiv(Dc, block_n),)
+    cm._fc1_gelu_kernel.fn[grid1](y, w1, b1, h, M, Dc, C, **meta, ACT="gelu")
+    torch.testing.assert_close(h, torch.nn.functional.gelu(y @ w1.T + b1), **FP32_TOL)
+    out = torch.empty(M, C, device=DEVICE)
+    grid2 = (triton.cdiv(M, 64) * triton.cdiv(C, block_n),)
+    cm._fc2_residual_kernel.fn[grid2](h, w2, b2, s, x, out, M, C, Dc, S, HAS_SCALE=True, **meta)
+    ref = x.view(M, C) + s.repeat_interleave(S)[:, None] * (h @ w2.T + b2)
+    torch.testing.assert_close(out, ref, **FP32_TOL)
