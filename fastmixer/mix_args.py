@@ -197,6 +197,15 @@ def check_mix_args(
     check_eps_act(name, eps, act)
 
 
+def check_launch_args(
+    name: str, kind: str, args: MixArgs, *, eps: float, act: str, dout: Tensor | None = None
+) -> tuple[Tensor | None, MixArgs]:
+    """What a Triton launcher calls: the contract with the kernels' dtypes (kernel=True; mixed x/W allowed, as the seam
+    hands the launchers autocast-cast weights), then every tensor dense. -> (dout or None, args), both dense."""
+    check_mix_args(name, kind, args, eps=eps, act=act, kernel=True, mixed=True, dout=dout)
+    return (None if dout is None else dout.contiguous()), args.contiguous()
+
+
 def check_norm_args(
     name: str, x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, kernel: bool, mixed: bool
 ) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, pick_configs
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.mix_args import MixArgs, check_mix_args
+from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
 DUAL_BLOCK_M = 64
@@ -353,15 +353,6 @@ _dual_gemm = {
 
 
 # ------------------------------------------------------------------------------------------------ launcher
-def check_bwd_args(
-    name: str, kind: str, dout: Tensor, args: MixArgs, *, eps: float, act: str
-) -> tuple[Tensor, MixArgs]:
-    """The shared contract (fastmixer.mix_args, kernel dtypes, mixed x/W allowed) plus dout; returns (dout, args)
-    dense."""
-    check_mix_args(name, kind, args, eps=eps, act=act, kernel=True, mixed=True, dout=dout)
-    return dout.contiguous(), args.contiguous()
-
-
 def channel_mix_bwd(
     dout: Tensor,
     x: Tensor,
@@ -381,7 +372,7 @@ def channel_mix_bwd(
     act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias),
     each in its input's dtype."""
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    dout, args = check_bwd_args("channel_mix_bwd", "channel", dout, args, eps=eps, act=act)
+    dout, args = check_launch_args("channel_mix_bwd", "channel", args, eps=eps, act=act, dout=dout)
     x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     M, D = B * S, fc1_weight.shape[0]

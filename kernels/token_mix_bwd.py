@@ -36,11 +36,10 @@ from fastmixer.kernels.channel_mix_bwd import (
     _dot,
     _f32_dot_needed,
     add_row_kernel_specs,
-    check_bwd_args,
     ln_backward,
     ln_prep,
 )
-from fastmixer.mix_args import MixArgs
+from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes.
 _WGRAD_TARGET_PROGRAMS = 264
@@ -251,7 +250,7 @@ def token_mix_bwd(
     act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias),
     each in its input's dtype."""
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    dout, args = check_bwd_args("token_mix_bwd", "token", dout, args, eps=eps, act=act)
+    dout, args = check_launch_args("token_mix_bwd", "token", args, eps=eps, act=act, dout=dout)
     x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     D = fc1_weight.shape[0]
