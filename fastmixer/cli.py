@@ -19,7 +19,7 @@ DTYPES = ("fp32", "fp16", "bf16")  # keys of fastmixer.bench.harness.DTYPES
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    """Options that pick and load the model (predict and eval; fastmixer.predict.model_from_args reads them)."""
+    """Options that pick and load the model (predict and eval; fastmixer.cli_common.model_from_args reads them)."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",

@@ -25,16 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from fastmixer.cli_common import check_max_pixels, format_score, model_device, model_dtype, model_from_args
 from fastmixer.images import ImageReadError, open_rgb
-from fastmixer.predict import (
-    _model_device,
-    _model_dtype,
-    check_max_pixels,
-    format_score,
-    imagenet_synsets,
-    model_from_args,
-    transforms,
-)
+from fastmixer.predict import imagenet_synsets, transforms
 
 __all__ = ["evaluate"]
 
@@ -161,7 +154,7 @@ def evaluate(
 
     if device is not None:
         model.to(device)
-    dev, dtype = _model_device(model), _model_dtype(model)
+    dev, dtype = model_device(model), model_dtype(model)
     dataset = _Indexed(_Images(samples, transforms(model), max_pixels))
     loader = torch.utils.data.DataLoader(
         dataset,

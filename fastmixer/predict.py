@@ -5,9 +5,9 @@ to 224 / 0.875, centre crop 224, mean = std = 0.5) and `timm.data.create_transfo
 model itself (a model built with img_size=384 gets 384 crops). Class names come from the lists timm ships
 (ImageNet-1k, Google's 21k = 21843 classes, MIIL's 21k = 11221 classes); any other head gets "class_<i>".
 
-`fastmixer predict` (the `run` below; its arguments are defined in fastmixer.cli) and the model building it shares
-with `fastmixer eval` (model_from_args) live here too. Image files are read by fastmixer.images.open_rgb, whose errors
-name the file and the reason.
+`fastmixer predict` (the `run` below; its arguments are defined in fastmixer.cli) lives here too; what it shares
+with `fastmixer eval` (model_from_args, format_score, ...) is in fastmixer.cli_common. Image files are read by
+fastmixer.images.open_rgb, whose errors name the file and the reason.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import argparse
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +24,7 @@ import torch.nn as nn
 from PIL import Image
 from torch import Tensor
 
+from fastmixer.cli_common import check_max_pixels, format_score, model_device, model_dtype, model_from_args
 from fastmixer.images import open_rgb, pixel_limit
 
 __all__ = ["class_labels", "data_config", "format_score", "load_image", "predict", "preprocess", "transforms"]
@@ -146,16 +145,6 @@ def class_labels(model_or_num_classes: nn.Module | int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ prediction
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    p = next(iter(model.parameters()), None)
-    return p.dtype if p is not None else torch.float32
-
-
 def predict(
     model: nn.Module,
     image: ImageLike | Sequence[ImageLike],
@@ -195,7 +184,7 @@ def predict(
 
     if device is not None:
         model.to(device)
-    dev, dtype = _model_device(model), _model_dtype(model)
+    dev, dtype = model_device(model), model_dtype(model)
     tf = transforms(model)
     x = torch.stack([preprocess(im, tf).to(dev) for im in images]).to(dtype)  # [N, 3, H, W]
 
@@ -219,65 +208,6 @@ def predict(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def format_score(p: float) -> str:
-    """A probability to 4 significant digits (0.4123, 0.001, 2.5e-05): what the CLI prints; --json keeps all."""
-    return format(p, ".4g")
-
-
-def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.device]:
-    """Build the model described by the CLI's model options (fastmixer.cli), on the chosen device, in eval mode.
-
-    Checks come before any work: the model name (with "did you mean"), the options, the checkpoint path; then the
-    random-weights warning; a failed pretrained fetch says to pass --checkpoint FILE.
-    """
-    from fastmixer.hub import PretrainedFetchError
-    from fastmixer.registry import create_model, resolve_name
-
-    resolve_name(args.model)  # an unknown name fails here, before any warning about weights
-    if args.checkpoint and args.pretrained:
-        raise ValueError("pass either --checkpoint or --pretrained, not both")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {args.checkpoint!r}")
-    kwargs: dict[str, Any] = {}
-    if args.num_classes is not None:
-        if args.num_classes < 1:
-            raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
-        kwargs["num_classes"] = args.num_classes
-    if args.img_size is not None:
-        if args.img_size < 1:
-            raise ValueError(f"--img-size must be >= 1, got {args.img_size}")
-        kwargs["img_size"] = args.img_size
-    if args.checkpoint and (args.num_classes is None or args.img_size is None):
-        from fastmixer.weights import infer_config, read_checkpoint
-
-        # head size and resolution of a fine-tuned checkpoint (10 classes, 384 px, ...) from its weights' shapes;
-        # when they cannot be inferred the load below reports what does not fit
-        try:
-            cfg = infer_config(read_checkpoint(args.checkpoint))
-        except ValueError:
-            cfg = {}
-        if args.num_classes is None and cfg.get("num_classes"):
-            kwargs["num_classes"] = cfg["num_classes"]
-        if args.img_size is None and cfg.get("img_size"):
-            kwargs["img_size"] = cfg["img_size"]
-    if not args.checkpoint and not args.pretrained:
-        print(
-            "warning: no --checkpoint or --pretrained given: the weights are random, so are the predictions",
-            file=sys.stderr,
-        )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **kwargs)
-    except PretrainedFetchError as e:
-        raise RuntimeError(e.cli_message()) from e
-    return model.to(device).eval(), device
-
-
-def check_max_pixels(args: argparse.Namespace) -> None:
-    if args.max_image_pixels is not None and args.max_image_pixels < 0:
-        raise ValueError(f"--max-image-pixels must be >= 0 (0: no limit), got {args.max_image_pixels}")
-
-
 def _format(image: str, result: dict[str, Any]) -> str:
     top = result["topk"]
     lines = [
