@@ -7,7 +7,8 @@ kernel runs), resolves autocast, then dispatches on the backend:
     through it, and it is bit-identical to timm);
   * "triton": the fused kernels, reached through the `fastmixer::` custom ops so torch.compile(fullgraph=True) keeps one
     opaque node per op (fake impls give it shapes; register_autograd gives it a backward);
-  * "auto" (default): triton for CUDA tensors, reference otherwise.
+  * "auto" (default): triton for CUDA tensors, reference otherwise; on CUDA the runtime selection
+    (fastmixer/select.py, FASTMIXER_SELECT) may keep the reference path for a shape where it timed faster.
 
 Choose with FASTMIXER_BACKEND=triton|reference|auto or `fastmixer.set_backend(...)` (the process-wide default, seen by
 every thread), or `with fastmixer.use_backend(...)` (scoped to the current thread or asyncio task: a contextvars

@@ -8,6 +8,14 @@ import sys
 # 128x64x128 matmul ~70x slower. Must be set before numpy/torch load OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import tempfile
+
+# Runtime selection (fastmixer/select.py): a per-session cache folder (never the user's ~/.cache/fastmixer), and on a
+# GPU the fused path unless a test asks for the selection (tests/test_select.py sets FASTMIXER_SELECT itself): kernel
+# tests, launch counts and saved-memory checks must see the kernels, not whatever the timing picked for a tiny shape.
+os.environ["FASTMIXER_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastmixer-test-cache-")
+os.environ.setdefault("FASTMIXER_SELECT", "fused")
+
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
