@@ -290,6 +290,18 @@ def _aten_flops(func, args: tuple, kwargs: dict, out: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ model counts
+def _count_backward(counter: KernelCounter, fn: Callable[[], Tensor]) -> None:
+    # The forward that builds the graph runs unrecorded (dry too, when the counter is); then its backward, recorded,
+    # from a random upstream gradient.
+    counter.recording = False
+    with counter:
+        out = fn()
+    grad = torch.randn_like(out)
+    counter.phase, counter.recording = "backward", True
+    with counter:
+        out.backward(grad)
+
+
 def _host_launches(images: Tensor) -> contextlib.AbstractContextManager:
     # The triton backend takes CPU tensors only where asked: CPU counts are dry or interpreted (also on a CUDA
     # machine, where CPU tensors are counted dry).
@@ -321,13 +333,7 @@ def count_kernels(model: nn.Module, images: Tensor, *, backward: bool = True, ex
                 model.train()
                 for p in model.parameters():
                     p.grad = None
-                counter.recording = False  # the forward that builds the graph (dry too, when execute=False)
-                with counter:
-                    out = model(images)
-                grad = torch.randn_like(out)
-                counter.phase, counter.recording = "backward", True
-                with counter:
-                    out.backward(grad)
+                _count_backward(counter, lambda: model(images))
                 for p in model.parameters():
                     p.grad = None
     finally:
@@ -349,13 +355,7 @@ def count_call(
             fn(x)
         if backward:
             xg = x.detach().requires_grad_()
-            counter.recording = False
-            with counter:
-                out = fn(xg)
-            grad = torch.randn_like(out)
-            counter.phase, counter.recording = "backward", True
-            with counter:
-                out.backward(grad)
+            _count_backward(counter, lambda: fn(xg))
     return counter.kernels
 
 
