@@ -319,26 +319,37 @@ def test_create_model_with_mmpretrain_checkpoint_sets_eps(tmp_path, reference_ba
 
 
 # --------------------------------------------------------------------------------------------------- failure modes
+# Per format: its state dict, then (key deleted, key added, key given another shape [as the file names it], the
+# names the error gives for the three: missing in timm naming, unexpected in the file's, mis-shaped in timm naming).
+_BROKEN = {
+    "timm": (
+        timm_state,
+        ("blocks.1.norm2.bias", "blocks.0.extra.weight", "head.weight", (11, 24)),
+        ("blocks.1.norm2.bias", "blocks.0.extra.weight", "head.weight"),
+    ),
+    "mmpretrain": (
+        mmpretrain_state,
+        ("backbone.layers.1.ln2.bias", "backbone.layers.0.gamma", "head.fc.weight", (11, 24)),
+        ("blocks.1.norm2.bias", "backbone.layers.0.gamma", "head.weight (from head.fc.weight)"),
+    ),
+    "jax": (
+        jax_params,
+        ("MixerBlock_1/LayerNorm_1/bias", "MixerBlock_0/extra/kernel", "head/kernel", (24, 11)),
+        ("blocks.1.norm2.bias", "MixerBlock_0/extra/kernel", "head.weight (from head/kernel)"),
+    ),
+}
+
+
 def _broken(fmt: str, src: MlpMixer) -> tuple[dict, str, str, str]:
     """src's weights in `fmt` with one key missing, one unexpected and one mis-shaped; returns the names expected in
     the error (missing in timm naming, unexpected in the file's naming, mis-shaped in timm naming)."""
-    if fmt == "timm":
-        sd = timm_state(src)
-        del sd["blocks.1.norm2.bias"]
-        sd["blocks.0.extra.weight"] = torch.ones(3)
-        sd["head.weight"] = torch.ones(11, 24)
-        return sd, "blocks.1.norm2.bias", "blocks.0.extra.weight", "head.weight"
-    if fmt == "mmpretrain":
-        sd = mmpretrain_state(src)
-        del sd["backbone.layers.1.ln2.bias"]
-        sd["backbone.layers.0.gamma"] = torch.ones(3)
-        sd["head.fc.weight"] = torch.ones(11, 24)
-        return sd, "blocks.1.norm2.bias", "backbone.layers.0.gamma", "head.weight (from head.fc.weight)"
-    sd = jax_params(src)
-    del sd["MixerBlock_1/LayerNorm_1/bias"]
-    sd["MixerBlock_0/extra/kernel"] = np.ones(3, np.float32)
-    sd["head/kernel"] = np.ones((24, 11), np.float32)
-    return sd, "blocks.1.norm2.bias", "MixerBlock_0/extra/kernel", "head.weight (from head/kernel)"
+    state, (gone, extra, reshaped, shape), expected = _BROKEN[fmt]
+    ones = (lambda *shape: np.ones(shape, np.float32)) if fmt == "jax" else torch.ones
+    sd = state(src)
+    del sd[gone]
+    sd[extra] = ones(3)
+    sd[reshaped] = ones(*shape)
+    return (sd, *expected)
 
 
 @pytest.mark.parametrize("fmt", ["timm", "mmpretrain", "jax"])
