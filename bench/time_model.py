@@ -276,6 +276,18 @@ def _token_mix_fwd(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=trips, flops=2 * 2 * B * m["C"] * m["DT"] * m["S"])  # W1 Y and W2 H per image
 
 
+@_kernel("_token_fc1_kernel")
+def _token_fc1(m: dict[str, Any]) -> dict[str, Any]:
+    B = m["X"].shape[0]
+    return dict(trips=[_cdiv(m["S"], m["BLOCK_K"])], flops=2 * B * m["C"] * m["DT"] * m["S"])  # split route: W1 Y
+
+
+@_kernel("_token_fc2_kernel")
+def _token_fc2(m: dict[str, Any]) -> dict[str, Any]:
+    B = m["X"].shape[0]
+    return dict(trips=[_cdiv(m["DT"], m["BLOCK_K"])], flops=2 * B * m["C"] * m["DT"] * m["S"])  # split route: W2 H
+
+
 @_kernel("_layernorm_fwd_kernel")
 def _layernorm_fwd(m: dict[str, Any]) -> dict[str, Any]:
     # depth 0: the statistics loop and the normalising loop, both over C in BLOCK_K chunks
@@ -321,8 +333,21 @@ def _token_bwd(m: dict[str, Any]) -> dict[str, Any]:
 
 @_kernel("_wgrad_kernel")
 def _wgrad(m: dict[str, Any]) -> dict[str, Any]:
-    # one flat loop over (sample, K-tile); the longest program has b_per_split samples
-    return dict(trips=[m["b_per_split"] * _cdiv(m["K"], m["BLOCK_K"])], flops=2 * m["NB"] * m["P"] * m["Q"] * m["K"])
+    # one flat loop over (sample, K-tile); the longest program has b_per_split samples. One launch computes both
+    # dW2 = sum do h^T [S, D] and dW1 = sum da y^T [D, S]: 2 GEMMs of 2 * NB * S * D * C.
+    trips = [m["b_per_split"] * _cdiv(m["C"], m["BLOCK_K"])]
+    return dict(trips=trips, flops=2 * 2 * m["NB"] * m["S"] * m["D"] * m["C"])
+
+
+@_kernel("_reduce_partials_kernel")
+def _reduce_partials(m: dict[str, Any]) -> dict[str, Any]:
+    # One loop over row tiles of one segment per program; programs of a segment get R_i / BLOCK_R trips. The trip
+    # count is the mean over the launch's programs (segments differ: thousands of rows for the row kernels' partials,
+    # a few for the split-K ones), so the wave model sees balanced programs.
+    segs = [(m[f"R{i}"], m[f"N{i}"]) for i in range(m["NSEG"])]
+    programs = [_cdiv(n, m["BLOCK_N"]) for _, n in segs]
+    work = sum(p * _cdiv(r, m["BLOCK_R"]) for p, (r, _) in zip(programs, segs))
+    return dict(trips=[max(1, _cdiv(work, sum(programs)))], flops=0)
 
 
 # The report's counting rule for one issue of a matrix opcode (HGMMA per warpgroup, HMMA/IMMA/DMMA per warp, FFMA 64 per

@@ -7,7 +7,7 @@ Backward (do = s * dout):
     db2 = sum_m do;  dW2 = do^T h;  dh = do W2;  da = dh * GELU'(a);  db1 = sum_m da;  dW1 = da^T y;  dy = da W1
     dg = sum_m dy * xhat;  dbeta = sum_m dy;  dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat))
 
-Launches (channel_mix_bwd): 3 Triton + 3 cuBLAS + host sums of fp32 partials.
+Launches (channel_mix_bwd): 4 Triton + 3 cuBLAS = 7, nothing else (no host sums, no casts).
   1. _ln_prep_kernel (Triton, row-wise): recomputes the fp32 row stats from x (nothing but x is saved by the forward),
      writes y = LN(x) in W (read by two consumers below, so it is materialised once, transiently), do = s*dout in W
      (only when dout is not already that: branch scale or autocast), and fp32 per-program column partials of do (db2).
@@ -19,11 +19,15 @@ Launches (channel_mix_bwd): 3 Triton + 3 cuBLAS + host sums of fp32 partials.
      follows torch's fp32 matmul precision: the same setting the forward's allow_tf32 came from).
   4. _ln_bwd_kernel (Triton, row-wise): LayerNorm backward over full rows fused with the residual gradient (+ dout) and
      fp32 per-program column partials of dg and dbeta.
-Determinism: every reduction is either inside one program in a fixed order, a cuBLAS GEMM, or a torch sum over fp32
-partials whose layout depends only on the shapes (never on the autotuned config): no atomics, no locks.
+  5. _reduce_partials_kernel (Triton): the four partial buffers (dg, dbeta, db1, db2) reduced in one launch, each total
+     stored in its parameter's dtype (the cast folded into the store). token_mix_bwd uses it too (six buffers).
+Determinism: every reduction is either inside one program in a fixed order or a cuBLAS GEMM, and the partial buffers'
+layout depends only on the shapes (never on the autotuned config): no atomics, no locks.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
@@ -66,7 +70,6 @@ def _ln_prep_kernel(
     MEAN,  # out [M] fp32
     RSTD,  # out [M] fp32
     DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM
-    DO_ROWSUM,  # out [M] fp32 row sums of s * dout, if ROW_SUM
     M,
     C,
     S,
@@ -77,7 +80,6 @@ def _ln_prep_kernel(
     HAS_SCALE: tl.constexpr,
     WRITE_DO: tl.constexpr,
     COL_SUM: tl.constexpr,
-    ROW_SUM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
@@ -97,7 +99,7 @@ def _ln_prep_kernel(
         tl.store(MEAN + rows, mean, mask=ok)
         tl.store(RSTD + rows, rstd, mask=ok)
         tl.store(Y + off, (xc * rstd[:, None] * g + beta).to(Y.dtype.element_ty), mask=m)
-        if WRITE_DO or COL_SUM or ROW_SUM:
+        if WRITE_DO or COL_SUM:
             do = tl.load(DOUT + off, mask=m, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 do = do * tl.load(SCALE + rows // S, mask=ok, other=0.0).to(tl.float32)[:, None]
@@ -105,8 +107,6 @@ def _ln_prep_kernel(
                 tl.store(DO + off, do.to(DO.dtype.element_ty), mask=m)
             if COL_SUM:
                 colsum += tl.sum(do, axis=0)
-            if ROW_SUM:
-                tl.store(DO_ROWSUM + rows, tl.sum(do, axis=1), mask=ok)
     if COL_SUM:
         tl.store(DO_COLSUM + pid.to(tl.int64) * C + cols, colsum, mask=cmask)
 
@@ -186,11 +186,9 @@ def ln_prep(
     *,
     eps: float,
     col_sum: bool,
-    row_sum: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """Row pass over x [B, S, C] and dout [B, S, C] -> (y [B,S,C] W, do [B,S,C] W, mean [B*S] fp32, rstd [B*S] fp32,
-    column partials of do [P, C] fp32 or None, row sums of do [B*S] fp32 or None). do is dout itself when it is
-    already W and unscaled (no copy)."""
+    column partials of do [P, C] fp32 or None). do is dout itself when it is already W and unscaled (no copy)."""
     B, S, C = x.shape
     M = B * S
     dev = x.device
@@ -201,7 +199,6 @@ def ln_prep(
     mean = torch.empty(M, device=dev, dtype=torch.float32)
     rstd = torch.empty(M, device=dev, dtype=torch.float32)
     colsum = torch.empty((programs, C), device=dev, dtype=torch.float32) if col_sum else None
-    rowsum = torch.empty(M, device=dev, dtype=torch.float32) if row_sum else None
     _ln_prep_kernel[(programs,)](
         x,
         dout,
@@ -213,7 +210,6 @@ def ln_prep(
         mean,
         rstd,
         colsum if col_sum else mean,
-        rowsum if row_sum else mean,
         M,
         C,
         S,
@@ -224,17 +220,17 @@ def ln_prep(
         HAS_SCALE=branch_scale is not None,
         WRITE_DO=write_do,
         COL_SUM=col_sum,
-        ROW_SUM=row_sum,
         num_warps=warps,
     )
-    return y, do, mean, rstd, colsum, rowsum
+    return y, do, mean, rstd, colsum
 
 
 def ln_backward(
     x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LayerNorm backward fused with the residual gradient: x, dy, dout [B, S, C] (dy any float dtype); mean/rstd
-    [B*S] fp32 -> (dx [B, S, C] in x's dtype, dg [C] fp32, dbeta [C] fp32)."""
+    [B*S] fp32 -> (dx [B, S, C] in x's dtype, partials of dg [P, C] fp32, partials of dbeta [P, C] fp32); the caller
+    reduces the partials (reduce_partials)."""
     B, S, C = x.shape
     M = B * S
     rpp, programs, block_r, block_c, warps = _row_launch(M, C)
@@ -258,7 +254,141 @@ def ln_backward(
         BLOCK_C=block_c,
         num_warps=warps,
     )
-    return dx, dg_part.sum(dim=0), db_part.sum(dim=0)
+    return dx, dg_part, db_part
+
+
+# ------------------------------------------------------------------------------------------------ partial sums
+# One launch per op reduces all of its fp32 partial buffers (per-program column partials of the row kernels, per-m-tile
+# partials of the dual GEMM, split-K partials of the token-mix weight gradients) and stores each total in its
+# parameter's dtype: out_i = sum_r part_i[r, :] in a fixed order (row tiles added element-wise in order, then one tree
+# over the tile's rows: the same on every run, no atomics), so the gradients are bitwise reproducible.
+REDUCE_SEGMENTS = 6  # partial buffers one launch can reduce
+# [256, 32] fp32 tiles on 8 warps: 32 KB in flight per program (a program's bandwidth is what is in flight over the
+# memory latency, and a segment of C columns has only C / 32 programs); 128-byte rows keep every load coalesced.
+_REDUCE_BLOCK_R, _REDUCE_BLOCK_N, _REDUCE_WARPS = 256, 32, 8
+
+
+def _reduce_tile() -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_N): the interpreter runs each program in Python, so there few wide programs (and row tiles of
+    4, so its 8-program row partials still take several loop trips)."""
+    return (4, 1024) if INTERPRET else (_REDUCE_BLOCK_R, _REDUCE_BLOCK_N)
+
+
+@triton.jit(do_not_specialize=["R0", "N0", "R1", "N1", "R2", "N2", "R3", "N3", "R4", "N4", "R5", "N5"])
+def _reduce_partials_kernel(
+    P0, O0, R0, N0,  # segment i: P_i [R_i, N_i] fp32 partials -> O_i [N_i] (any float dtype) = column sums
+    P1, O1, R1, N1,
+    P2, O2, R2, N2,
+    P3, O3, R3, N3,
+    P4, O4, R4, N4,
+    P5, O5, R5, N5,
+    NSEG: tl.constexpr,  # segments in use (the rest are never reached)
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Programs are laid out segment after segment, cdiv(N_i, BLOCK_N) each. R_i / N_i are never specialised (a split of
+    # 1 would make R a constexpr), so the source of every segment is one runtime-selected pointer and one loop.
+    pid = tl.program_id(0)
+    end = tl.cdiv(N0, BLOCK_N)
+    src = P0
+    rows_n = R0
+    n = N0
+    local = pid
+    if NSEG > 1:
+        if pid >= end:
+            src = P1
+            rows_n = R1
+            n = N1
+            local = pid - end
+        end += tl.cdiv(N1, BLOCK_N)
+    if NSEG > 2:
+        if pid >= end:
+            src = P2
+            rows_n = R2
+            n = N2
+            local = pid - end
+        end += tl.cdiv(N2, BLOCK_N)
+    if NSEG > 3:
+        if pid >= end:
+            src = P3
+            rows_n = R3
+            n = N3
+            local = pid - end
+        end += tl.cdiv(N3, BLOCK_N)
+    if NSEG > 4:
+        if pid >= end:
+            src = P4
+            rows_n = R4
+            n = N4
+            local = pid - end
+        end += tl.cdiv(N4, BLOCK_N)
+    if NSEG > 5:
+        if pid >= end:
+            src = P5
+            rows_n = R5
+            n = N5
+            local = pid - end
+    cols = local * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < n
+    rr = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)  # element-wise over row tiles, one tree at the end
+    for r0 in range(0, rows_n, BLOCK_R):
+        rows = r0 + rr
+        m = (rows < rows_n)[:, None] & cmask[None, :]
+        acc += tl.load(src + rows.to(tl.int64)[:, None] * n + cols[None, :], mask=m, other=0.0)
+    total = tl.sum(acc, axis=0)
+    # The store's pointer type (the parameter's dtype) differs per segment: one store per segment, the cast folded in.
+    first = tl.cdiv(N0, BLOCK_N)
+    _store_segment(O0, cols, total, cmask, pid, 0, first)
+    if NSEG > 1:
+        _store_segment(O1, cols, total, cmask, pid, first, tl.cdiv(N1, BLOCK_N))
+        first += tl.cdiv(N1, BLOCK_N)
+    if NSEG > 2:
+        _store_segment(O2, cols, total, cmask, pid, first, tl.cdiv(N2, BLOCK_N))
+        first += tl.cdiv(N2, BLOCK_N)
+    if NSEG > 3:
+        _store_segment(O3, cols, total, cmask, pid, first, tl.cdiv(N3, BLOCK_N))
+        first += tl.cdiv(N3, BLOCK_N)
+    if NSEG > 4:
+        _store_segment(O4, cols, total, cmask, pid, first, tl.cdiv(N4, BLOCK_N))
+        first += tl.cdiv(N4, BLOCK_N)
+    if NSEG > 5:
+        _store_segment(O5, cols, total, cmask, pid, first, tl.cdiv(N5, BLOCK_N))
+
+
+@triton.jit
+def _store_segment(OUT, cols, total, cmask, pid, first, programs):
+    if (pid >= first) & (pid < first + programs):
+        tl.store(OUT + cols, total.to(OUT.dtype.element_ty), mask=cmask)
+
+
+def _reduce_launch(segments: list[tuple[Any, Any, int, int]]) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """Arguments and grid of _reduce_partials_kernel for [(partials, out, R, N), ...] (tensors, or Ptr examples for the
+    AOT specs); unused segments repeat the first one (never reached)."""
+    block_r, block_n = _reduce_tile()
+    args: dict[str, Any] = {}
+    for i in range(REDUCE_SEGMENTS):
+        part, out, r, n = segments[i] if i < len(segments) else segments[0]
+        args.update({f"P{i}": part, f"O{i}": out, f"R{i}": r, f"N{i}": n})
+    args.update(NSEG=len(segments), BLOCK_R=block_r, BLOCK_N=block_n, num_warps=_REDUCE_WARPS)
+    return args, (sum(triton.cdiv(n, block_n) for *_, n in segments),)
+
+
+def reduce_partials(parts: list[tuple[Tensor, Tensor]]) -> None:
+    """One launch: for each (partials [R, ...] fp32 dense, out [...] any float dtype, N = out.numel() columns),
+    out = partials.sum(0) in out's dtype, summed in a fixed order (bitwise reproducible)."""
+    if not 1 <= len(parts) <= REDUCE_SEGMENTS:
+        raise ValueError(f"reduce_partials takes 1..{REDUCE_SEGMENTS} (partials, out) pairs, got {len(parts)}")
+    segments = []
+    for i, (part, out) in enumerate(parts):
+        n = out.numel()
+        if part.dtype != torch.float32 or part.numel() != part.shape[0] * n or not part.is_contiguous():
+            raise ValueError(f"partials {i} must be dense fp32 [R, {n}], got {part.dtype} {tuple(part.shape)}")
+        if not out.is_contiguous():
+            raise ValueError(f"out {i} must be contiguous")
+        segments.append((part, out, part.shape[0], n))
+    args, grid = _reduce_launch(segments)
+    _reduce_partials_kernel[grid](**args)
 
 
 # ------------------------------------------------------------------------------------------------ dual GEMM
@@ -377,9 +507,7 @@ def channel_mix_bwd(
     B, S, C = x.shape
     M, D = B * S, fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype
-    y, do, mean, rstd, db2_part, _ = ln_prep(
-        x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=True, row_sum=False
-    )
+    y, do, mean, rstd, db2_part = ln_prep(x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=True)
     y, do = y.view(M, C), do.view(M, C)
     h = torch.empty((M, D), device=x.device, dtype=w_dtype)
     da = torch.empty((M, D), device=x.device, dtype=w_dtype)
@@ -406,16 +534,11 @@ def channel_mix_bwd(
     dw2 = torch.mm(do.t(), h)  # [C, Dc]
     dw1 = torch.mm(da.t(), y)  # [Dc, C]
     dy = torch.mm(da, fc1_weight)  # [M, C] in W
-    dx, dg, dbeta = ln_backward(x, dy.view(B, S, C), dout, ln_weight, mean, rstd)
-    return (
-        dx,
-        dg.to(ln_weight.dtype),
-        dbeta.to(ln_bias.dtype),
-        dw1.to(fc1_weight.dtype),
-        db1_part.sum(dim=0).to(fc1_bias.dtype),
-        dw2.to(fc2_weight.dtype),
-        db2_part.sum(dim=0).to(fc2_bias.dtype),
-    )
+    dx, dg_part, dbeta_part = ln_backward(x, dy.view(B, S, C), dout, ln_weight, mean, rstd)
+    dg, dbeta, db1, db2 = (torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_bias, fc2_bias))
+    # the long segments (thousands of rows of row-kernel partials) first: their programs start first
+    reduce_partials([(dg_part, dg), (dbeta_part, dbeta), (db2_part, db2), (db1_part, db1)])
+    return dx, dg, dbeta, dw1, db1, dw2, db2  # dw1 / dw2: cuBLAS output, already in W
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
@@ -429,8 +552,8 @@ def spec_cases() -> list[Case]:
     return [*cases, Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh")]
 
 
-def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, row_sum: bool, dy_dtype: torch.dtype) -> None:
-    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd (row_sum, fp32 dy) call them."""
+def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:
+    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd (fp32 dy) call them."""
     route, shape, scale = case.tag, case.shape, case.scale
     x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
     dout_dt = torch.promote_types(x_dt, w_dt)
@@ -438,13 +561,24 @@ def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, row_sum: 
     write_do = scale or dout_dt != w_dt
     rpp, _, block_r, block_c, warps = _row_launch(shape.M, shape.C)
     prep = dict(X=x, DOUT=Ptr(dout_dt), SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt), DO=Ptr(w_dt if write_do else dout_dt),
-                MEAN=f32, RSTD=f32, DO_COLSUM=f32, DO_ROWSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp,
-                eps=1e-6, BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
-                ROW_SUM=row_sum, num_warps=warps)  # fmt: skip
+                MEAN=f32, RSTD=f32, DO_COLSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp, eps=1e-6,
+                BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
+                num_warps=warps)  # fmt: skip
     specs.add(_ln_prep_kernel, route, shape, prep)
     bwd = dict(X=x, DY=Ptr(dy_dtype), DOUT=Ptr(dout_dt), LN_W=ln, MEAN=f32, RSTD=f32, DX=x, DG_PART=f32, DB_PART=f32,
                M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)  # fmt: skip
     specs.add(_ln_bwd_kernel, route, shape, bwd)
+
+
+def row_programs(shape) -> int:
+    """Programs of the row-wise kernels at `shape` (rows of their per-program partials)."""
+    return _row_launch(shape.M, shape.C)[1]
+
+
+def add_reduce_spec(specs: SpecSet, case: Case, segments: list[tuple[int, int, torch.dtype]]) -> None:
+    """Spec of the one reduce_partials launch of a backward op: segments (R, N, out dtype) as the op passes them."""
+    args, _ = _reduce_launch([(Ptr(torch.float32), Ptr(dt), r, n) for r, n, dt in segments])
+    specs.add(_reduce_partials_kernel, case.tag, case.shape, args)
 
 
 def gpu_build_specs() -> list[dict]:
@@ -454,7 +588,11 @@ def gpu_build_specs() -> list[dict]:
     for case in spec_cases():
         route, shape = case.tag, case.shape
         _, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
-        add_row_kernel_specs(specs, case, col_sum=True, row_sum=False, dy_dtype=w_dt)
+        add_row_kernel_specs(specs, case, col_sum=True, dy_dtype=w_dt)
+        _, ln_dt, _, _ = ROUTE_DTYPES[case.route]
+        rows, C, D = row_programs(shape), shape.C, shape.DC
+        add_reduce_spec(specs, case, [(rows, C, ln_dt), (rows, C, ln_dt), (rows, C, w_dt),
+                                      (triton.cdiv(shape.M, DUAL_BLOCK_M), D, w_dt)])  # fmt: skip
         w = Ptr(w_dt)
         dual = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DB1_PART=Ptr(torch.float32), M=shape.M, C=shape.C,
                     D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, DOT_F32=False,

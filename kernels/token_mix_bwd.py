@@ -7,18 +7,21 @@ Backward (do = s * dout[b], [S, C]):
     dW2 = sum_b do h^T [S, Dt];  dW1 = sum_b da y^T [Dt, S];  db2 = sum_{b,c} do;  db1 = sum_{b,c} da
     then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd.
 
-Launches (token_mix_bwd): 5 Triton + host sums of fp32 partials; no cuBLAS and no transposed copy of x.
+Launches (token_mix_bwd): 5 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
   1. channel_mix_bwd._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
-     (only when dout is not already that), and fp32 row sums of do (db2 = their sum over b on the host).
+     (only when dout is not already that).
   2. _token_bwd_kernel: one program per (b, C-tile), like the forward: keeps the [S, BLOCK_C] strips of y and do in
      registers, loops over Dt in chunks, recomputes a = W1[chunk] y (+ b1), applies GELU'(a) in the epilogue of the
      dh = W2[:, chunk]^T do GEMM, stores h and da ([B, Dt, C] in W, for the weight gradients) and accumulates
      dy += W1[chunk]^T da in fp32; dy [B, S, C] fp32 is written once at the end.
-  3. _wgrad_kernel x2: dW2 = sum_{b,c} do[b,s,c] h[b,d,c] and dW1 (+ db1 as row sums of da) = sum_{b,c} da[b,d,c]
-     y[b,s,c]. The contraction runs over (b, c), which is not one strided axis of any [B, S, C] / [B, Dt, C] layout, so
-     cuBLAS would need transposed copies (or B launches); this kernel indexes the layout directly. Split-K over b:
-     each split writes an fp32 partial [SPLIT, P, Q], summed on the host (SPLIT depends on shapes only).
+  3. _wgrad_kernel, one launch for both: dW2 = sum_{b,c} do[b,s,c] h[b,d,c] (+ db2 as row sums of do) and dW1 (+ db1
+     as row sums of da) = sum_{b,c} da[b,d,c] y[b,s,c]; the first programs take dW2's tiles, the rest dW1's. The
+     contraction runs over (b, c), which is not one strided axis of any [B, S, C] / [B, Dt, C] layout, so cuBLAS would
+     need transposed copies (or B launches); this kernel indexes the layout directly. Split-K over b: each split writes
+     fp32 partials [SPLIT, P, Q] and [SPLIT, P] (SPLIT depends on shapes only).
   4. channel_mix_bwd._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
+  5. channel_mix_bwd._reduce_partials_kernel: the six partial buffers (dg, dbeta, dW1, db1, dW2, db2) summed in a fixed
+     order in one launch, each stored in its parameter's dtype.
 Per-program partials of the weight gradients inside kernel 2 would cost [B*C/BLOCK_C, S, Dt] fp32 (hundreds of MB at
 B/16 shapes), which is why the weight gradients get their own kernel.
 """
@@ -35,9 +38,12 @@ from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TOKEN_SHA
 from fastmixer.kernels.channel_mix_bwd import (
     _dot,
     _f32_dot_needed,
+    add_reduce_spec,
     add_row_kernel_specs,
     ln_backward,
     ln_prep,
+    reduce_partials,
+    row_programs,
 )
 from fastmixer.mix_args import MixArgs, check_launch_args
 
@@ -135,31 +141,55 @@ def _wgrad_gpu_configs(a_bytes: int, precision: str) -> list[tuple[int, triton.C
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
-    kept = [c for _, c in _wgrad_gpu_configs(named_args["A"].element_size(), kwargs.get("PRECISION", "ieee"))]
+    kept = [c for _, c in _wgrad_gpu_configs(named_args["DO"].element_size(), kwargs.get("PRECISION", "ieee"))]
     return [c for c in configs if c in kept] or configs[:1]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S", "D"])
 def _wgrad_kernel(
-    A,  # [B, P, K] in W (K fastest)
-    BM,  # [B, Q, K] in W
-    OUT,  # out [SPLIT, P, Q] fp32 partials of sum_{b in split, k} A[b, p, k] * BM[b, q, k]
-    ROWSUM,  # out [SPLIT, P] fp32 partials of sum_{b in split, k} A[b, p, k], if HAS_ROWSUM
+    DO,  # [B, S, C] s * dout in W
+    H,  # [B, D, C] GELU(a) in W
+    DA,  # [B, D, C] dh * GELU'(a) in W
+    Y,  # [B, S, C] LN(x) in W
+    DW2_PART,  # out [SPLIT, S, D] fp32 partials of dW2 = sum_{b in split, c} do[b, s, c] h[b, d, c]
+    DB2_PART,  # out [SPLIT, S] fp32 partials of db2 = sum_{b in split, c} do[b, s, c]
+    DW1_PART,  # out [SPLIT, D, S] fp32 partials of dW1 = sum_{b in split, c} da[b, d, c] y[b, s, c]
+    DB1_PART,  # out [SPLIT, D] fp32 partials of db1 = sum_{b in split, c} da[b, d, c]
     NB,
-    P,
-    Q,
-    K,
+    S,
+    D,
+    C,
     b_per_split,
     BLOCK_P: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    HAS_ROWSUM: tl.constexpr,
     DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_q = tl.program_id(1)
-    split = tl.program_id(2)
+    # Both weight gradients in one launch: out[p, q] = sum_{b, k} A[b, p, k] BM[b, q, k] and rowsum[p] = sum_{b, k}
+    # A[b, p, k], with (A, BM, P, Q) = (do, h, S, D) for the first tiles and (da, y, D, S) for the rest. S and D are
+    # never specialised, so both roles share one main loop over runtime-selected operands.
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    tiles_dw2 = tl.cdiv(S, BLOCK_P) * tl.cdiv(D, BLOCK_Q)
+    A = DO
+    BM = H
+    OUT = DW2_PART
+    ROWSUM = DB2_PART
+    P = S
+    Q = D
+    tile = pid
+    if pid >= tiles_dw2:
+        A = DA
+        BM = Y
+        OUT = DW1_PART
+        ROWSUM = DB1_PART
+        P = D
+        Q = S
+        tile = pid - tiles_dw2
+    num_q = tl.cdiv(Q, BLOCK_Q)
+    pid_p = tile // num_q
+    pid_q = tile % num_q
     rp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
@@ -172,28 +202,26 @@ def _wgrad_kernel(
     rsum = tl.zeros([BLOCK_P], dtype=tl.float32)
     b_start = split * b_per_split
     n_b = tl.minimum(b_start + b_per_split, NB) - b_start
-    num_k = tl.cdiv(K, BLOCK_K)
-    a0 = A + b_start.to(tl.int64) * P * K
-    bm0 = BM + b_start.to(tl.int64) * Q * K
+    num_k = tl.cdiv(C, BLOCK_K)
+    a0 = A + b_start.to(tl.int64) * P * C
+    bm0 = BM + b_start.to(tl.int64) * Q * C
     # One flat loop over (sample, K-tile): the software pipeliner handles it far better than two nested loops.
     for it in range(0, n_b * num_k):
         bb = (it // num_k).to(tl.int64)
         k = (it % num_k) * BLOCK_K + rk
-        kmask = k < K
-        a = tl.load(a0 + bb * P * K + (rpc[:, None] * K + k[None, :]), mask=kmask[None, :], other=0.0)  # [BP, BK]
-        bt = tl.load(bm0 + bb * Q * K + (rqc[None, :] * K + k[:, None]), mask=kmask[:, None], other=0.0)  # [BK, BQ]
+        kmask = k < C
+        a = tl.load(a0 + bb * P * C + (rpc[:, None] * C + k[None, :]), mask=kmask[None, :], other=0.0)  # [BP, BK]
+        bt = tl.load(bm0 + bb * Q * C + (rqc[None, :] * C + k[:, None]), mask=kmask[:, None], other=0.0)  # [BK, BQ]
         acc += _dot(a, bt, DOT_F32, PRECISION)
-        if HAS_ROWSUM:
-            rsum += tl.sum(a.to(tl.float32), axis=1)
+        rsum += tl.sum(a.to(tl.float32), axis=1)
     out = OUT + split.to(tl.int64) * P * Q
     tl.store(out + rp[:, None] * Q + rq[None, :], acc, mask=pmask[:, None] & qmask[None, :])
-    if HAS_ROWSUM:
-        tl.store(ROWSUM + split.to(tl.int64) * P + rp, rsum, mask=pmask & (pid_q == 0))
+    tl.store(ROWSUM + split.to(tl.int64) * P + rp, rsum, mask=pmask & (pid_q == 0))
 
 
 _wgrad = triton.autotune(
     configs=pick_configs(_wgrad_configs()),
-    key=["NB", "P", "Q", "K"],
+    key=["NB", "S", "D", "C"],
     prune_configs_by={"early_config_prune": _prune_wgrad},
 )(_wgrad_kernel)
 
@@ -204,31 +232,42 @@ def _wgrad_split(nb: int, p: int, q: int) -> int:
     return max(1, min(nb, triton.cdiv(_WGRAD_TARGET_PROGRAMS, tiles)))
 
 
-def _wgrad_launch(a: Tensor, bm: Tensor, *, rowsum: bool, allow_tf32: bool) -> tuple[Tensor, Tensor | None]:
-    """a [B, P, K], bm [B, Q, K] (same W dtype) -> (sum_{b,k} a bm^T [P, Q] fp32, sum_{b,k} a [P] fp32 or None)."""
-    nb, p, k = a.shape
-    q = bm.shape[1]
-    split = _wgrad_split(nb, p, q)
+def _wgrad_launch(
+    do: Tensor, h: Tensor, da: Tensor, y: Tensor, *, allow_tf32: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """do, y [B, S, C]; h, da [B, D, C] (same W dtype) -> fp32 partials over batch splits: dW2 [SPLIT, S, D],
+    db2 [SPLIT, S], dW1 [SPLIT, D, S], db1 [SPLIT, D] (SPLIT a function of the shapes only)."""
+    nb, s, c = do.shape
+    d = h.shape[1]
+    split = _wgrad_split(nb, s, d)
     b_per_split = triton.cdiv(nb, split)
     split = triton.cdiv(nb, b_per_split)  # no empty splits
-    out = torch.empty((split, p, q), device=a.device, dtype=torch.float32)
-    rs = torch.empty((split, p), device=a.device, dtype=torch.float32) if rowsum else None
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(q, meta["BLOCK_Q"]), split)
+    f32 = dict(device=do.device, dtype=torch.float32)
+    dw2, db2, dw1, db1 = (torch.empty(shape, **f32) for shape in ((split, s, d), (split, s), (split, d, s), (split, d)))
+
+    def grid(meta):
+        tiles = triton.cdiv(s, meta["BLOCK_P"]) * triton.cdiv(d, meta["BLOCK_Q"])
+        tiles += triton.cdiv(d, meta["BLOCK_P"]) * triton.cdiv(s, meta["BLOCK_Q"])
+        return (tiles, split)
+
     _wgrad[grid](
-        a,
-        bm,
-        out,
-        rs if rowsum else out,
+        do,
+        h,
+        da,
+        y,
+        dw2,
+        db2,
+        dw1,
+        db1,
         nb,
-        p,
-        q,
-        k,
+        s,
+        d,
+        c,
         b_per_split,
-        HAS_ROWSUM=rowsum,
-        DOT_F32=_f32_dot_needed(a.dtype),
-        PRECISION=dot_precision(allow_tf32, a.dtype),
+        DOT_F32=_f32_dot_needed(do.dtype),
+        PRECISION=dot_precision(allow_tf32, do.dtype),
     )
-    return out.sum(dim=0), (rs.sum(dim=0) if rowsum else None)
+    return dw2, db2, dw1, db1
 
 
 def token_mix_bwd(
@@ -255,9 +294,7 @@ def token_mix_bwd(
     B, S, C = x.shape
     D = fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype
-    y, do, mean, rstd, _, do_rowsum = ln_prep(
-        x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=False, row_sum=True
-    )
+    y, do, mean, rstd, _ = ln_prep(x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=False)
     h = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
     da = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
     dy = torch.empty((B, S, C), device=x.device, dtype=torch.float32)
@@ -279,18 +316,12 @@ def token_mix_bwd(
         PRECISION=dot_precision(allow_tf32, w_dtype),
         ACT=act,
     )
-    dw2, _ = _wgrad_launch(do, h, rowsum=False, allow_tf32=allow_tf32)  # [S, Dt]
-    dw1, db1 = _wgrad_launch(da, y, rowsum=True, allow_tf32=allow_tf32)  # [Dt, S], [Dt]
-    dx, dg, dbeta = ln_backward(x, dy, dout, ln_weight, mean, rstd)
-    return (
-        dx,
-        dg.to(ln_weight.dtype),
-        dbeta.to(ln_bias.dtype),
-        dw1.to(fc1_weight.dtype),
-        db1.to(fc1_bias.dtype),
-        dw2.to(fc2_weight.dtype),
-        do_rowsum.view(B, S).sum(dim=0).to(fc2_bias.dtype),
-    )
+    dw2_part, db2_part, dw1_part, db1_part = _wgrad_launch(do, h, da, y, allow_tf32=allow_tf32)
+    dx, dg_part, dbeta_part = ln_backward(x, dy, dout, ln_weight, mean, rstd)
+    grads = [torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
+    parts = (dg_part, dbeta_part, dw1_part, db1_part, dw2_part, db2_part)
+    reduce_partials(list(zip(parts, grads)))  # one launch, each total stored in its parameter's dtype
+    return (dx, *grads)
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
@@ -313,9 +344,9 @@ def gpu_build_specs() -> list[dict]:
     train = {shape.label for shape in (*TRAIN_SHAPES, *SMALL_TRAIN_SHAPES)}
     for case in spec_cases():
         route, shape = case.tag, case.shape
-        _, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
+        _, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
         must_fit = shape.label in train
-        add_row_kernel_specs(specs, case, col_sum=False, row_sum=True, dy_dtype=torch.float32)
+        add_row_kernel_specs(specs, case, col_sum=False, dy_dtype=torch.float32)
         w, f32 = Ptr(w_dt), Ptr(torch.float32)
         precision = dot_precision(tf32, w_dt)
         B, S, C, D = shape.batch, shape.S, shape.C, shape.DT
@@ -324,10 +355,13 @@ def gpu_build_specs() -> list[dict]:
                     ACT=case.act)  # fmt: skip
         for i, cfg in enumerate(_token_configs(w_dt == torch.float32)):
             specs.add(_token_bwd_kernel, route, shape, main, cfg, config_index=i, must_fit=must_fit)
-        for role, p, q, rowsum in (("dW2", S, D, False), ("dW1", D, S, True)):  # sum do h^T; sum da y^T (+ db1)
-            b_per_split = triton.cdiv(B, _wgrad_split(B, p, q))
-            wgrad = dict(A=w, BM=w, OUT=f32, ROWSUM=f32, NB=B, P=p, Q=q, K=C, b_per_split=b_per_split,
-                         HAS_ROWSUM=rowsum, DOT_F32=False, PRECISION=precision)  # fmt: skip
-            for i, cfg in _wgrad_gpu_configs(w_dt.itemsize, precision):
-                specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i, must_fit=must_fit, role=role)
+        b_per_split = triton.cdiv(B, _wgrad_split(B, S, D))
+        split = triton.cdiv(B, b_per_split)
+        wgrad = dict(DO=w, H=w, DA=w, Y=w, DW2_PART=f32, DB2_PART=f32, DW1_PART=f32, DB1_PART=f32, NB=B, S=S, D=D, C=C,
+                     b_per_split=b_per_split, DOT_F32=False, PRECISION=precision)  # fmt: skip
+        for i, cfg in _wgrad_gpu_configs(w_dt.itemsize, precision):
+            specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i, must_fit=must_fit)
+        rows = row_programs(shape)
+        add_reduce_spec(specs, case, [(rows, C, ln_dt), (rows, C, ln_dt), (split, D * S, w_dt), (split, D, w_dt),
+                                      (split, S * D, w_dt), (split, S, w_dt)])  # fmt: skip
     return specs.specs()

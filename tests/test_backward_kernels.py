@@ -62,18 +62,25 @@ def max_err(a, b):
     return (a.float() - b.float()).abs().max().item()
 
 
+def _rows(kind, case):
+    """Ours, the closed form and torch autograd per gradient: (got, [(name, ours, closed form, autograd)]), once ours
+    is checked to have its input's dtype and shape."""
+    got = ours(kind, *case)
+    cf = closed_form(kind, *case)
+    ag = torch_autograd(kind, *case)
+    for name, g, inp in zip(NAMES, got, (case[1], *case[2])):
+        assert g.dtype == inp.dtype and g.shape == inp.shape, name
+    return got, list(zip(NAMES, got, cf, ag))
+
+
 @pytest.mark.parametrize("scale", [False, True], ids=["no_scale", "branch_scale"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["B1", "B3"])
 @pytest.mark.parametrize("kind", ["token", "channel"])
 def test_fp32_matches_closed_form_and_autograd(kind, shape, scale):
     """fp32 (ieee dots): every gradient within 1e-5 * max|ref| of both oracles (measured worst ~4e-7 relative)."""
     case = make_case(kind, shape, scale=scale)
-    got = ours(kind, *case)
-    cf = closed_form(kind, *case)
-    ag = torch_autograd(kind, *case)
-    inputs = (case[1], *case[2])
-    for name, g, c, a, inp in zip(NAMES, got, cf, ag, inputs):
-        assert g.dtype == inp.dtype and g.shape == inp.shape, name
+    got, rows = _rows(kind, case)
+    for name, g, c, a in rows:
         scale_ = c.abs().max().item()
         assert scale_ > 1e-2, f"{name}: vacuous reference"
         assert max_err(g, c) <= 1e-5 * scale_, f"{name}: vs closed form {max_err(g, c):.3g} (scale {scale_:.3g})"
@@ -84,12 +91,7 @@ def test_fp32_matches_closed_form_and_autograd(kind, shape, scale):
 
 def _three_way(kind, case, low):
     # err(ours vs closed-form fp32) <= 2 * err(torch autograd in the same dtypes vs it) + THREE_WAY_ATOL["bwd_rel"]
-    got = ours(kind, *case)
-    cf = closed_form(kind, *case)
-    ag = torch_autograd(kind, *case)
-    inputs = (case[1], *case[2])
-    for name, g, c, a, inp in zip(NAMES, got, cf, ag, inputs):
-        assert g.dtype == inp.dtype and g.shape == inp.shape, name
+    for name, g, c, a in _rows(kind, case)[1]:
         assert_three_way(g, c, a, "bwd_rel", low, what=name)
 
 
@@ -122,11 +124,49 @@ def test_mixed_fp32_x_bf16_weights(kind):
 
 @pytest.mark.parametrize("kind", ["token", "channel"])
 def test_deterministic(kind):
-    """Two identical backward passes give bitwise-identical gradients (fp32 partials summed on the host, no atomics)."""
+    """Two identical backward passes give bitwise-identical gradients (fp32 partials reduced in a fixed order by one
+    kernel, no atomics)."""
     case = make_case(kind, SHAPES[1], scale=True)
     first, second = ours(kind, *case), ours(kind, *case)
     for name, a, b in zip(NAMES, first, second):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("S", [576, 784], ids=["S576", "S784"])
+@pytest.mark.parametrize("kind", ["token", "channel"])
+def test_large_token_counts_small_width(kind, S):
+    """384 / 448 px token counts (S = 576, 784: S_PAD 1024 in the token-mix kernel) at a small width, fp32, against
+    the closed form (measured worst ~7e-7 relative)."""
+    case = make_case(kind, (1, S, 24, 21, 40))
+    for name, g, c in zip(NAMES, ours(kind, *case), closed_form(kind, *case)):
+        assert max_err(g, c) <= 1e-5 * c.abs().max().item(), name
+
+
+def test_reduce_partials_one_launch_fixed_order():
+    """reduce_partials: several partial buffers of different shapes -> their column sums, each stored in its own
+    dtype, in one launch; the same bits on every call; bad buffers refused."""
+    from fastmixer.bench.launches import count_launches
+    from fastmixer.kernels.channel_mix_bwd import REDUCE_SEGMENTS, reduce_partials
+
+    g = torch.Generator().manual_seed(3)
+    shapes = [(7, (40,)), (1, (21, 36)), (13, (99,)), (3, (5,)), (2, (36, 21)), (9, (1,))]  # (rows R, out shape)
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.bfloat16, torch.float32]
+    parts = [torch.randn(r, *shape, generator=g).to(DEVICE) for r, shape in shapes]
+    outs = [torch.empty(shape, device=DEVICE, dtype=dt) for (_, shape), dt in zip(shapes, dtypes)]
+    _, names = count_launches(reduce_partials, list(zip(parts, outs)))
+    assert names == ["_reduce_partials_kernel"]
+    first = [o.clone() for o in outs]
+    for p, o in zip(parts, outs):
+        ref = p.double().sum(dim=0)
+        assert o.dtype in dtypes and o.shape == ref.shape
+        tol = 1e-5 if o.dtype == torch.float32 else 1e-2
+        assert max_err(o, ref) <= tol * max(1.0, ref.abs().max().item())
+    reduce_partials(list(zip(parts, outs)))
+    assert all(torch.equal(a, b) for a, b in zip(first, outs))
+    with pytest.raises(ValueError, match="dense fp32"):
+        reduce_partials([(parts[0].half(), outs[0])])
+    with pytest.raises(ValueError, match="pairs"):
+        reduce_partials([(parts[0], outs[0])] * (REDUCE_SEGMENTS + 1))
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_fastmixer_forward_launch_budget_and_bytes(tiny_pair, triton_backend):
         tm = counting.count_kernels(theirs, x, backward=False)
     per_block = [k for k in fm if k.block == 0]
     assert all(k.source == "triton" for k in per_block)
-    assert 2 <= len(per_block) <= 4, [k.name for k in per_block]  # the fused budget (timm: 12)
+    assert 2 <= len(per_block) <= 5, [k.name for k in per_block]  # the fused budget (timm: 12)
     assert sum(k.bytes for k in fm) < sum(k.bytes for k in tm)
     # FLOPs: the fused GEMMs are all attributed, so both models do the same GEMM work
     assert sum(k.flops for k in fm) == sum(k.flops for k in tm)
@@ -123,7 +123,7 @@ def test_count_variant_b16_fastmixer_beats_timm(triton_backend):
     # two of the twelve B/16 blocks, at real B/16 block shapes, dry (nothing executes): fast on CPU
     r = counting.count_variant("b16", batch=64, num_blocks=2, backward=False)
     fm, tm = r["fastmixer"]["forward"], r["timm eager"]["forward"]
-    assert fm["launches_per_block"] <= 4 and tm["launches_per_block"] == 12
+    assert fm["launches_per_block"] <= 5 and tm["launches_per_block"] == 12
     assert fm["gbytes"] < 0.6 * tm["gbytes"] and fm["model_us"] < tm["model_us"]
     # GEMM FLOPs per image: blocks 2*(2*S*C*Dt) + 2*(2*S*C*Dc), plus the stem and head GEMMs
     S, C = 196, 768
@@ -145,7 +145,7 @@ def test_triton_launches_keep_grid_and_arguments(tiny_pair, triton_backend):
     stats = next(k for k in triton_ks if k.name == "_token_stats_kernel")
     assert stats.grid == (-(-2 * 16 // stats.args["BLOCK_R"]),)
     assert stats.args["X"] == counting.TensorArg((2, 16, 24), (16 * 24, 24, 1), "float32")
-    fc1 = next(k for k in triton_ks if k.name == "_ln_fc1_gelu_kernel")  # rows M = 2 * 16, N = 4 * 24 hidden
+    fc1 = next(k for k in triton_ks if k.name == "_fc1_gelu_kernel")  # rows M = 2 * 16, N = 4 * 24 hidden
     assert callable(fc1.grid) and fc1.grid({**fc1.args, "BLOCK_M": 16, "BLOCK_N": 32}) == (2 * 3,)
     conv = next(k for k in ks if k.name == "aten.convolution")
     assert conv.args["shapes"][:2] == [(2, 3, 32, 32), (24, 3, 8, 8)]
@@ -165,3 +165,31 @@ def test_count_call_of_a_block_equals_the_models_block(tiny_pair, triton_backend
     assert [(k.name, k.bytes, k.flops) for k in fwd] == [(k.name, k.bytes, k.flops) for k in model_block]
     ops = {k.op for k in call if k.phase == "backward" and k.source == "triton"}
     assert ops == {"token_mix_bwd", "channel_mix_bwd"}
+
+
+# Launch budget of one Mixer block's backward (issue 10): Triton + cuBLAS + aten, counted as fastmixer.counting counts.
+BLOCK_BWD_BUDGET = 13
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.25], ids=["plain", "drop_path"])
+def test_block_backward_launch_budget(triton_backend, drop_path):
+    # One block's share of a model's backward = backward launches of a 3-block model minus those of a 2-block one (the
+    # stem, head and norm_pool backward cancel), counted dry; and a lone block's backward, counted the same way.
+    per_model = {}
+    for n in (2, 3):
+        torch.manual_seed(0)
+        model = fastmixer.MlpMixer(**dict(TINY, num_blocks=n), drop_path_rate=drop_path).to(DEVICE)
+        ks = counting.count_kernels(model, torch.randn(2, 3, 32, 32, device=DEVICE), execute=False)
+        per_model[n] = [k.name for k in ks if k.phase == "backward"]
+    per_block = len(per_model[3]) - len(per_model[2])
+    block = fastmixer.MlpMixer(**TINY, drop_path_rate=drop_path).blocks[1].to(DEVICE)  # drop_path > 0 in block 1
+    call = counting.count_call(block.train(), torch.randn(3, 16, 24, device=DEVICE), execute=False)
+    bwd = [k for k in call if k.phase == "backward"]
+    names = [k.name for k in bwd]
+    print(f"block backward: {per_block} launches in a model, {len(bwd)} alone: {names}")
+    assert 0 < per_block <= BLOCK_BWD_BUDGET, per_block
+    assert len(bwd) <= BLOCK_BWD_BUDGET, names
+    # inside the backward ops: Triton kernels and the channel mix's 3 cuBLAS GEMMs only (no host sums, no casts)
+    inside = [k.name for k in bwd if k.op in ("token_mix_bwd", "channel_mix_bwd")]
+    assert [n for n in inside if n.startswith("aten.")] == ["aten.mm"] * 3, inside
+    assert inside.count("_reduce_partials_kernel") == 2, inside  # one deterministic reduction per op

@@ -89,7 +89,8 @@ def kernel_rows() -> list[dict[str, Any]]:
         memory_row("_token_stats_kernel"),
         row("_token_mix_fwd_kernel", dict(BLOCK_C=32, BLOCK_D=32, BLOCK_K=1024), warps=4, ctas=1),
         row("_token_mix_fwd_kernel", dict(BLOCK_C=64, BLOCK_D=64, BLOCK_K=1024), config="cfg3", ctas=1),
-        row("_ln_fc1_gelu_kernel", gemm, loops=[loop(200, 900, 376), loop(1000, 6000, 351, 0, 2097152, 4)]),
+        memory_row("_layernorm_fwd_kernel", warps=8, ctas=4),
+        row("_fc1_gelu_kernel", gemm),
         row("_fc2_residual_kernel", gemm),
         row("_fc2_residual_kernel", dict(gemm, BLOCK_M=64, BLOCK_N=64), config="cfg4", warps=4, ctas=3,
             shapes={"HGMMA.64x64x16.F32.BF16": 4}, loops=[loop(1000, 6000, 200, 0, 2 * 64 * 64 * 16 * 4, 4)]),
@@ -100,6 +101,7 @@ def kernel_rows() -> list[dict[str, Any]]:
         memory_row("_ln_bwd_kernel", warps=8, ctas=2),
         row("_token_bwd_kernel", dict(BLOCK_C=16, BLOCK_D=16), warps=8, ctas=1),
         row("_wgrad_kernel", dict(BLOCK_P=64, BLOCK_Q=64, BLOCK_K=32), warps=4, ctas=2),
+        memory_row("_reduce_partials_kernel", warps=4, ctas=5),
     ]  # fmt: skip
 
 
