@@ -1,8 +1,12 @@
 """Shared test helpers (import as `from helpers import ...`; tests/ is on sys.path)."""
 
+import os
 import socket
 import time
+import traceback
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +111,41 @@ def dist_model() -> torch.nn.Module:
     import fastmixer
 
     return randomize_(fastmixer.MlpMixer(**DIST_ARCH)).train()
+
+
+def dist_init(rank: int, port: int, world: int, timeout_s: float) -> None:
+    """Join the gloo process group of a distributed test's worker on 127.0.0.1:port (one intra-op thread)."""
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+
+
+def save_rank_results(
+    rank: int, out_dir: str, backends: tuple[str, ...], world: int, global_batch: int, run: Callable
+) -> None:
+    """Per backend: run(x, y) on this rank's share of dist_batch(global_batch); its result, or the traceback of its
+    error, saved as out_dir/<backend>_rank<rank>.pt (load_rank_results reads them back)."""
+    import fastmixer
+
+    x, y = dist_batch(global_batch)
+    shard = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
+    for backend in backends:
+        try:
+            with fastmixer.use_backend(backend):
+                result = run(x[shard], y[shard])
+        except Exception:
+            result = traceback.format_exc()
+        torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
+
+
+def load_rank_results(out_dir, backends: tuple[str, ...], world: int) -> dict[str, list]:
+    """{backend: [rank 0 result, rank 1 result, ...]} as save_rank_results wrote them (results or traceback strings)."""
+    return {
+        b: [torch.load(Path(out_dir) / f"{b}_rank{r}.pt", weights_only=False) for r in range(world)] for b in backends
+    }
 
 
 def dist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,16 +5,12 @@ One spawn serves both backends (process start-up dominates the cost); every rank
 and the parent waits at most _TIMEOUT_S before it terminates the workers it started.
 """
 
-import os
-import traceback
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import dist_batch, dist_model, one_thread, run_ranks
+from helpers import dist_batch, dist_init, dist_model, load_rank_results, one_thread, run_ranks, save_rank_results
 from torch.nn.parallel import DistributedDataParallel
 
 import fastmixer
@@ -35,20 +31,10 @@ def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=90))
+    dist_init(rank, port, WORLD, 90)
     try:
-        x, y = dist_batch(GLOBAL_BATCH)
-        shard = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
-        for backend in BACKENDS:
-            try:
-                with fastmixer.use_backend(backend):
-                    result = _grads(DistributedDataParallel(dist_model()), x[shard], y[shard])
-            except Exception:
-                result = traceback.format_exc()
-            torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
+        run = lambda x, y: _grads(DistributedDataParallel(dist_model()), x, y)
+        save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, run)
     finally:
         dist.destroy_process_group()
 
@@ -58,7 +44,7 @@ def ddp_results(tmp_path_factory):
     """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (gradients dict or a traceback string)."""
     out_dir = tmp_path_factory.mktemp("ddp")
     run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "DDP")
-    return {b: [torch.load(out_dir / f"{b}_rank{r}.pt", weights_only=False) for r in range(WORLD)] for b in BACKENDS}
+    return load_rank_results(out_dir, BACKENDS, WORLD)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -9,14 +9,13 @@ One spawn serves both backends; the parent waits at most _TIMEOUT_S before it te
 
 import os
 import traceback
-from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import dist_batch, dist_model, one_thread, run_ranks
+from helpers import dist_batch, dist_init, dist_model, load_rank_results, one_thread, run_ranks, save_rank_results
 
 import fastmixer
 
@@ -65,10 +64,7 @@ def _shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
+    dist_init(rank, port, WORLD, 120)
     try:
         try:  # can this torch run FSDP2 on CPU/gloo at all?
             probe = fully_shard(torch.nn.Linear(4, 4))
@@ -77,15 +73,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except Exception:
             torch.save(traceback.format_exc(), os.path.join(out_dir, f"probe_rank{rank}.pt"))
             return
-        x, y = dist_batch(GLOBAL_BATCH)
-        shard = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
-        for backend in BACKENDS:
-            try:
-                with fastmixer.use_backend(backend):
-                    result = _train(_shard(dist_model()), x[shard], y[shard])
-            except Exception:
-                result = traceback.format_exc()
-            torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
+        save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, lambda x, y: _train(_shard(dist_model()), x, y))
     finally:
         dist.destroy_process_group()
 
@@ -99,7 +87,7 @@ def fsdp_results(tmp_path_factory):
     if probe != "ok":
         last = probe.strip().splitlines()[-1]
         pytest.skip(f"this torch ({torch.__version__}) cannot run FSDP2 on CPU with gloo: {last}")
-    return {b: [torch.load(out_dir / f"{b}_rank{r}.pt", weights_only=False) for r in range(WORLD)] for b in BACKENDS}
+    return load_rank_results(out_dir, BACKENDS, WORLD)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
