@@ -446,11 +446,14 @@ def _dual_gemm_kernel(
     rk = tl.arange(0, BLOCK_K)
     mmask = rm < M
     nmask = rn < D
-    # Out-of-range rows/cols read row 0 instead of being masked (only K needs a mask); they are never stored.
+    # Out-of-range rows of y/do and W1 read row 0 instead of being masked (their contiguous axis is K, which alone needs
+    # a mask); they are never stored. W2's contiguous axis is N: clamping rn there would hide its contiguity (16-bit
+    # scalar loads through registers, and a wgmma wait every step), so its columns are masked instead (a mask constant
+    # over 16 columns when D % 16 == 0: vector cp.async).
     y_ptrs = Y + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
     do_ptrs = DO + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
     w1_ptrs = W1 + tl.where(nmask, rn, 0)[None, :] * C + rk[:, None]  # [BK, BN] = W1[rn, k]^T
-    w2_ptrs = W2 + tl.where(nmask, rn, 0)[None, :] + rk[:, None] * D  # [BK, BN] = W2[k, rn]
+    w2_ptrs = W2 + rn[None, :] + rk[:, None] * D  # [BK, BN] = W2[k, rn]
     acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_dh = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
@@ -458,7 +461,7 @@ def _dual_gemm_kernel(
         y = tl.load(y_ptrs, mask=kmask[None, :], other=0.0)
         do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
         w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
-        w2 = tl.load(w2_ptrs, mask=kmask[:, None], other=0.0)
+        w2 = tl.load(w2_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc_a += _dot(y, w1t, DOT_F32, PRECISION)
         acc_dh += _dot(do, w2, DOT_F32, PRECISION)
         y_ptrs += BLOCK_K
