@@ -23,7 +23,8 @@ def _branch_scale(branch: Tensor, branch_scale: Tensor | None) -> Tensor:
     return branch * branch_scale.view(-1, 1, 1).to(branch.dtype)
 
 
-def token_mix_ref(
+def mix_ref(
+    kind: str,
     x: Tensor,
     ln_weight: Tensor,
     ln_bias: Tensor,
@@ -36,39 +37,30 @@ def token_mix_ref(
     branch_scale: Tensor | None = None,
     act: str = "gelu",
 ) -> Tensor:
-    """u = x + fc2(GELU(fc1(LN(x)^T)))^T, contracting over tokens.
+    """token_mix (kind="token") or channel_mix (kind="channel") in plain aten ops: x + fc2(GELU(fc1(LN(x)))), the MLP
+    contracting over tokens (on LN(x)^T, transposed back) or over channels.
 
-    x [B, S, C]; ln_* [C]; fc1_weight [Dt, S]; fc1_bias [Dt]; fc2_weight [S, Dt]; fc2_bias [S] -> u [B, S, C].
-    act: "gelu" (exact erf) or "gelu_tanh" (tanh approximation).
-    """
-    y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps).transpose(1, 2)  # [B, C, S]
-    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias), approximate=approximate_of(act))  # [B, C, Dt]
-    o = F.linear(h, fc2_weight, fc2_bias).transpose(1, 2)  # [B, S, C]
-    return x + _branch_scale(o, branch_scale)
-
-
-def channel_mix_ref(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    *,
-    eps: float,
-    branch_scale: Tensor | None = None,
-    act: str = "gelu",
-) -> Tensor:
-    """x + fc2(GELU(fc1(LN(x)))) over channels.
-
-    x [B, S, C]; ln_* [C]; fc1_weight [Dc, C]; fc1_bias [Dc]; fc2_weight [C, Dc]; fc2_bias [C] -> [B, S, C].
+    x [B, S, C]; ln_* [C]; fc1_weight [D, n]; fc1_bias [D]; fc2_weight [n, D]; fc2_bias [n] (n = S or C) -> [B, S, C].
     act: "gelu" (exact erf) or "gelu_tanh" (tanh approximation).
     """
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
-    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias), approximate=approximate_of(act))  # [B, S, Dc]
-    o = F.linear(h, fc2_weight, fc2_bias)  # [B, S, C]
+    if kind == "token":
+        y = y.transpose(1, 2)  # [B, C, S]
+    h = F.gelu(F.linear(y.to(fc1_weight.dtype), fc1_weight, fc1_bias), approximate=approximate_of(act))  # [.., D]
+    o = F.linear(h, fc2_weight, fc2_bias)
+    if kind == "token":
+        o = o.transpose(1, 2)  # [B, S, C]
     return x + _branch_scale(o, branch_scale)
+
+
+def token_mix_ref(*args: Tensor, **kwargs: object) -> Tensor:
+    """u = x + fc2(GELU(fc1(LN(x)^T)))^T, contracting over tokens: fc1_weight [Dt, S], fc2_weight [S, Dt] (mix_ref)."""
+    return mix_ref("token", *args, **kwargs)
+
+
+def channel_mix_ref(*args: Tensor, **kwargs: object) -> Tensor:
+    """x + fc2(GELU(fc1(LN(x)))) over channels: fc1_weight [Dc, C], fc2_weight [C, Dc] (mix_ref)."""
+    return mix_ref("channel", *args, **kwargs)
 
 
 def norm_pool_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) -> Tensor:
