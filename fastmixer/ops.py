@@ -7,7 +7,8 @@ kernel runs), resolves autocast, then dispatches on the backend:
     through it, and it is bit-identical to timm);
   * "triton": the fused kernels, reached through the `fastmixer::` custom ops so torch.compile(fullgraph=True) keeps one
     opaque node per op (fake impls give it shapes; register_autograd gives it a backward);
-  * "auto" (default): triton for CUDA tensors, reference otherwise.
+  * "auto" (default): triton for CUDA tensors, reference otherwise; on CUDA the runtime selection
+    (fastmixer/select.py, FASTMIXER_SELECT) may keep the reference path for a shape where it timed faster.
 
 Choose with FASTMIXER_BACKEND=triton|reference|auto or `fastmixer.set_backend(...)` (the process-wide default, seen by
 every thread), or `with fastmixer.use_backend(...)` (scoped to the current thread or asyncio task: a contextvars
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from fastmixer import reference
+from fastmixer import select as selection
 from fastmixer.mix_args import MixArgs, check_mix_args, check_norm_args
 
 BACKENDS = ("auto", "triton", "reference")
@@ -308,7 +310,10 @@ def _mix(
     mm_dtype = _autocast_dtype(x) if isinstance(x, Tensor) else None
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
     check_mix_args(f"{kind}_mix", kind, args, eps=eps, act=act, kernel=False, mixed=mm_dtype is not None)
-    if resolve_backend(x) == "reference":  # includes float64
+    backend = resolve_backend(x)
+    if backend == "triton" and selection.applies(x, get_backend()):  # auto on CUDA: the faster path (select.py)
+        backend = selection.choose(kind, args, eps=eps, act=act, mm_dtype=mm_dtype, allow_tf32=_allow_tf32())
+    if backend == "reference":  # includes float64
         return reference.mix_ref(kind, *args[:7], eps=eps, branch_scale=branch_scale, act=act)
     if mm_dtype is not None:  # autocast: the GEMMs run in the autocast dtype; the residual stream keeps x's dtype
         fc1_weight, fc1_bias, fc2_weight, fc2_bias = (
