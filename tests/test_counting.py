@@ -1,5 +1,6 @@
-"""Counting without a GPU (fastmixer.counting): aten-op and Triton-launch bytes against hand formulas, timm's per-block
-kernels as a dispatch mode sees them, fastmixer's launch budget, dry-run = executed counts, batch extrapolation."""
+"""Counting without a GPU (fastmixer.bench.counting): aten-op and Triton-launch bytes against hand formulas, timm's
+per-block kernels as a dispatch mode sees them, fastmixer's launch budget, dry-run = executed counts,
+batch extrapolation."""
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_count_call_of_a_block_equals_the_models_block(tiny_pair, triton_backend
     assert ops == {"token_mix_bwd", "channel_mix_bwd"}
 
 
-# Launch budget of one Mixer block's backward (issue 10): Triton + cuBLAS + aten, counted as fastmixer.counting counts.
+# Launch budget of one Mixer block's backward (issue 10): Triton + cuBLAS + aten, as fastmixer.bench.counting counts.
 BLOCK_BWD_BUDGET = 13
 
 

@@ -1,4 +1,4 @@
-"""Triton launch counting: fastmixer.launches itself, and the launch budget of the fused path (<= 5 per block,
+"""Triton launch counting: fastmixer.bench.launches itself, and the launch budget of the fused path (<= 5 per block,
 blocks * per_block + 1 per model forward; the stem conv and the head are aten, not Triton)."""
 
 import pytest

@@ -1,5 +1,5 @@
-"""Bytes saved for backward (fastmixer.memory) and the issue-4 goal: a fused MixerBlock saves <= 0.6x what timm's eager
-block saves, at B/16 shapes.
+"""Bytes saved for backward (fastmixer.bench.memory) and the issue-4 goal: a fused MixerBlock saves <= 0.6x
+what timm's eager block saves, at B/16 shapes.
 
 What a fused op keeps for backward is decided by its custom op's setup_context, not by the forward kernel's numerics.
 So the B/16 measurement on CPU runs the `fastmixer::` custom ops with the Triton launcher swapped for the reference

@@ -5,7 +5,7 @@ storage once (a tensor saved by two nodes, or two views of one buffer, are one a
 view keeps its whole storage alive). Storages that belong to parameters (nn.Parameter objects, or tensors passed in
 `params`) are not activation memory: the model holds them anyway. They are reported separately.
 
-    from fastmixer.memory import saved_bytes, saved_tensors_report
+    from fastmixer.bench.memory import saved_bytes, saved_tensors_report
     n = saved_bytes(block, x)                  # activation bytes saved by block(x) for backward
     print(saved_tensors_report(block, x).table())
 """
