@@ -13,32 +13,42 @@ C contiguous, so no transposed copy of x is ever materialised):
 This is timm's `fc2(GELU(fc1(LN(x).transpose(1, 2)))).transpose(1, 2)`, transposed, with torch's rounding points for
 the matmul inputs (LN output and GELU output in W); everything else stays fp32 until the single store.
 
-Two launches per call:
-  1. `_token_stats_kernel`: per-token fp32 mean/rstd over C (one read of x, _common.ln_row_stats: lane Welford, never
-     E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
-  2. `_token_mix_fwd_kernel`: grid (B * cdiv(C, BLOCK_C),) on axis 0 (thousands of images stay inside CUDA limits;
-     the c-tiles of one image are neighbours, so its x slab and the weights stay in L2). Program (b, c-tile) normalises
-     its strip with the stats, loops over Dt in BLOCK_D chunks (A-chunk -> GELU -> acc += W2-chunk H-chunk, acc
-     [S_PAD, BLOCK_C] fp32 in registers), then fuses b2, the branch scale and the residual into the store.
+Routes (token_mix_fwd picks; both keep the rounding points above):
+  1. `_token_stats_kernel` (always): per-token fp32 mean/rstd over C (one read of x, _common.ln_row_stats: lane
+     Welford, never E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
+  2a. Fused, S <= 256 (S_PAD = next power of two >= 16), bf16/fp16 (x and W alike) and fp32 at "ieee":
+     `_token_mix_fwd_kernel`, grid (B * cdiv(C, BLOCK_C),) on axis 0 (c-tiles of one image are neighbours, so its x
+     slab and the weights stay in L2). Transposed ("attention-like") so that BOTH dots have the channel tile as M:
+         A^T[c, d] = sum_s Y^T[c, s] W1^T[s, d]      dot 1  [BLOCK_C, S_PAD] @ [S_PAD, BLOCK_D]
+         O^T[c, s] += sum_d H^T[c, d] W2^T[d, s]     dot 2  [BLOCK_C, BLOCK_D] @ [BLOCK_D, S_PAD]
+     BLOCK_C = 64 rows per warpgroup (64 on 4 warps, 128 on 8), so on sm_90 both dots are wgmma (HGMMA) with
+     disjoint rows per warpgroup (dot 2 as one 64 x 256 x 16 instruction per K step at S_PAD = 256); H^T stays in
+     registers as dot 2's A operand (no shared-memory round trip); W1 / W2 chunks are K-major B operands, loaded
+     through the software pipeline (cp.async, num_stages) while the previous step's MMA runs. The LN strip Y^T is
+     normalised once before the loop. The O^T strip [BLOCK_C, S_PAD] fp32 is 128 registers per thread at S_PAD =
+     256: that is the fused route's limit.
+     The fp32 "ieee" build ("fma": tl.dot on FMA units) splits dot 1 over tokens in BLOCK_K steps instead.
+  2b. Split, S > 256 (384/448 px: S = 576, 784, 1024, any S up to the grid), and tf32 / autocast (fp32 x with 16-bit
+     W) at any S, whose fused build spills: two GEMMs per image, no recomputation, with H^T [B, C, Dt] in W as the
+     intermediate:
+         `_token_fc1_kernel`  H^T[b, c, d] = round_W(GELU(sum_s W1[d, s] Y[s, c] + b1[d]))   M = Dt, N = C, K = S
+         `_token_fc2_kernel`  u[b, s, c] = x + s[b] (sum_d W2[s, d] H[d, c] + b2[s])          M = S, N = C, K = Dt
+     GEMM 1 normalises its Y tiles in the main loop (x + stats, as 2a does once); GEMM 2's main loop is loads and
+     MMA only (both operands K-major from memory) and does not wait for each wgmma. Cost against a fused kernel:
+     the same MMA FLOPs, plus H^T written and read once (2 B C Dt W-bytes: at Mixer-B/16 448 px bf16, 1.2 MB per
+     image against 2.4 MB of compulsory x read + u write). Recomputing dot 1 per 256-token output tile instead would
+     cost (tiles + 1) / 2 times the FLOPs: 2x at S = 576, 2.5x at S = 1024.
 Why a stats pass rather than recomputing the stats in every program: each program needs mu/rstd over ALL C, so the
-in-kernel route reads the whole [S, C] slab of its image once per c-tile, cdiv(C, BLOCK_C) = 12-40 times per image at
-Mixer shapes, serially before its first MMA: for Mixer-B/16 in bf16 with BLOCK_C = 64, ~3.6 MB of L2 reads per image
-(~0.5 us at ~7 TB/s) against ~231 MFLOP (~0.5 us at ~450 TFLOP/s), i.e. a prologue as long as the math (estimates,
-not measured). The stats pass reads x once more from HBM (0.3 MB per image, ~0.1 us at 3.35 TB/s) and keeps the
-Mixer block within its 4-launch budget (token 2 + channel 2).
-
-Two routes, one kernel (constexpr BLOCK_K picks):
-  * "mma" (fp16/bf16 operands, fp32 as tf32): BLOCK_K >= S_PAD, dot 1 in one step against the LN strip, normalised
-    once and held in shared memory (the loop-invariant B operand);
-  * "fma" (fp32 operands at "ieee", torch's default "highest"): tl.dot runs on FMA units with whole operand rows in
-    registers, so dot 1 is split over tokens in BLOCK_K steps, each LN tile re-normalised from L1/L2 (cheap next to
-    FMA math). Both builds are spill-free at S_PAD = 256 on sm_90 and sm_80 (see gpu_build_specs).
+in-kernel route reads the whole [S, C] slab of its image once per c-tile, serially before its first MMA; the stats
+pass reads x once more from HBM (0.3 MB per image at Mixer-B/16 bf16).
 S is a constexpr (one compile per token count): with S = 196, W1's row stride is then known to be 8-byte aligned, so
 its loads vectorise and pipeline (cp.async); as a runtime int it would not be (196 is not a multiple of 16).
 
-S (36, 49, 196, 256, ...) is padded to S_PAD = next power of two (>= 16, tl.dot's minimum) with masks; C and Dt are
-masked per tile, so any C >= 1 and Dt >= 1 work. Padded tokens get Y = 0 and zero W1/W2 entries, padded hidden units
-get zero W1 rows and b1 = 0 so GELU(0) = 0: padding never leaks into real outputs.
+Padding: the fused route pads S to S_PAD with masks (dot 1's K and dot 2's N), so at S = 196 (S_PAD = 256) 60 of
+every 256 token columns, 23.4% of its MMA FLOPs, are zeros; the split route pads S only to its 64/128-token tiles
+(576 = 9 x 64 in GEMM 1's K; 784 -> 832 / 896). C and Dt are masked per tile, so any C >= 1 and Dt >= 1 work.
+Padded tokens get Y = 0 and zero W1/W2 entries, padded hidden units get zero W1 rows and b1 = 0 so GELU(0) = 0:
+padding never leaks into real outputs.
 """
 
 from __future__ import annotations
@@ -112,13 +122,22 @@ def _ln_tile(
     INTERP_BF16: tl.constexpr,
 ):
     """LN(x[b])[offs_s, offs_c] -> [len(offs_s), len(offs_c)] rounded to W (torch's cast before fc1), zero outside
-    (smask, cmask). Row stats come from STATS; g, beta: [len(offs_c)] fp32."""
+    (smask, cmask). Row stats come from STATS (tok: STATS index of each offs_s); g, beta: [len(offs_c)] fp32."""
     mask = smask[:, None] & cmask[None, :]
     xt = tl.load(X + img + offs_s[:, None] * C + offs_c[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
     mu = tl.load(STATS + tok, mask=smask, other=0.0)
     rstd = tl.load(STATS + N_ROWS + tok, mask=smask, other=0.0)
     y = (xt.to(tl.float32) - mu[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
     return _round_w(tl.where(mask, y, 0.0), W_DTYPE, INTERP_BF16)
+
+
+@triton.jit
+def _add_residual_store(o, X, OUT, offs, mask, INTERP_BF16: tl.constexpr):
+    """OUT[offs] = X[offs] + o (o fp32, any tile orientation; one rounding, to OUT's dtype, at the store)."""
+    u = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32) + o
+    if INTERP_BF16 and OUT.dtype.element_ty == tl.bfloat16:
+        u = _rtne_bf16(u)
+    tl.store(OUT + offs, u.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -137,10 +156,10 @@ def _token_mix_fwd_kernel(
     C,
     DT,
     S: tl.constexpr,  # tokens; constexpr so W1's row stride is known (S = 196: 8-byte rows, vector loads, cp.async)
-    S_PAD: tl.constexpr,  # next power of two >= max(S, 16)
-    BLOCK_C: tl.constexpr,  # channels per program (the N of both dots)
-    BLOCK_D: tl.constexpr,  # hidden units per loop step (M of dot 1, K of dot 2)
-    BLOCK_K: tl.constexpr,  # K step of dot 1 over tokens; >= S_PAD: one dot against an LN strip kept in shared memory
+    S_PAD: tl.constexpr,  # next power of two >= max(S, 16), <= 256 (larger S take the split route)
+    BLOCK_C: tl.constexpr,  # channels per program: the M of both dots (64 rows per warpgroup)
+    BLOCK_D: tl.constexpr,  # hidden units per loop step (N of dot 1, K of dot 2)
+    BLOCK_K: tl.constexpr,  # K step of dot 1 over tokens; >= S_PAD: one dot against an LN strip kept on chip
     HAS_SCALE: tl.constexpr,
     # Interpreter + bf16 W only: its bf16 tl.dot returns garbage (triton issue 11584) and its fp32 -> bf16 cast
     # truncates, so operands are rounded to bf16 by hand (RTNE) and the dots run on fp32 copies of those bf16 values:
@@ -149,6 +168,11 @@ def _token_mix_fwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 operands
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
+    # Transposed ("attention-like") orientation: both dots have the channel tile as M, so warpgroups own disjoint
+    # 64-row slices of it in both, dot 1's output feeds dot 2 as its register A operand (no shared-memory round trip
+    # for H), and the W1 / W2 chunks are the K-major shared-memory B operands:
+    #   A^T[c, d] = sum_s Y^T[c, s] W1^T[s, d]        dot 1: [BLOCK_C, S_PAD] @ [S_PAD, BLOCK_D]
+    #   O^T[c, s] += sum_d H^T[c, d] W2^T[d, s]       dot 2: [BLOCK_C, BLOCK_D] @ [BLOCK_D, S_PAD]
     pid = tl.program_id(0)
     n_ct = tl.cdiv(C, BLOCK_C)
     b = pid // n_ct
@@ -163,98 +187,224 @@ def _token_mix_fwd_kernel(
     w_dtype: tl.constexpr = W1.dtype.element_ty
     dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else w_dtype  # W, or fp32 carrying W-rounded values
     if BLOCK_K >= S_PAD:
-        # Whole LN(x[b])[:, c-tile] strip, [S_PAD, BLOCK_C] in W (padded tokens 0): the loop-invariant B operand of
-        # dot 1, normalised once (tensor-core path: it sits in shared memory, read by every step).
-        y = _ln_tile(
-            X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, smask, cmask, g, beta, w_dtype, INTERP_BF16
+        # Whole LN(x[b])[:, c-tile]^T strip, [BLOCK_C, S_PAD] in W (padded tokens 0): the loop-invariant A operand
+        # of dot 1, normalised once before the loop.
+        yt = tl.trans(
+            _ln_tile(
+                X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, smask, cmask, g, beta, w_dtype, INTERP_BF16
+            )
         )
 
-    acc = tl.zeros([S_PAD, BLOCK_C], dtype=tl.float32)  # (W2 H)^T strip, before b2
+    acc = tl.zeros([BLOCK_C, S_PAD], dtype=tl.float32)  # (W2 H)^T strip, before b2
     for d0 in range(0, DT, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)  # [BLOCK_D]
         dmask = offs_d < DT
         if BLOCK_K >= S_PAD:
-            w1 = tl.load(W1 + offs_d[:, None] * S + offs_s[None, :], mask=dmask[:, None] & smask[None, :], other=0.0)
-            a = tl.dot(w1.to(dot_dtype), y, input_precision=DOT_PRECISION)  # [BLOCK_D, S_PAD] @ [S_PAD, BLOCK_C]
+            # W1[d-chunk, :]^T: [S_PAD, BLOCK_D], tokens contiguous (K-major)
+            w1t = tl.load(W1 + offs_d[None, :] * S + offs_s[:, None], mask=smask[:, None] & dmask[None, :], other=0.0)
+            a = tl.dot(yt, w1t.to(dot_dtype), input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_D] fp32
         else:
             # K-split over tokens (FMA path: a whole-S dot would hold S_PAD-long operand rows in registers): each
-            # [BLOCK_K, BLOCK_C] LN tile is re-normalised from x (L1/L2-resident), cheap next to the FMA dot.
-            a = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+            # [BLOCK_C, BLOCK_K] LN tile is re-normalised from x (L1/L2-resident), cheap next to the FMA dot.
+            a = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
             for k0 in range(0, S, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 kmask = offs_k < S
-                yk = _ln_tile(
-                    X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype, INTERP_BF16
+                ykt = tl.trans(
+                    _ln_tile(
+                        X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype,
+                        INTERP_BF16,
+                    )
+                )  # fmt: skip
+                w1t = tl.load(
+                    W1 + offs_d[None, :] * S + offs_k[:, None], mask=kmask[:, None] & dmask[None, :], other=0.0
                 )
-                k1mask = dmask[:, None] & kmask[None, :]
-                w1 = tl.load(W1 + offs_d[:, None] * S + offs_k[None, :], mask=k1mask, other=0.0)  # [BLOCK_D, BLOCK_K]
-                a = tl.dot(w1.to(dot_dtype), yk, a, input_precision=DOT_PRECISION)
-        a += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[:, None]  # [BLOCK_D, BLOCK_C] fp32
+                a = tl.dot(ykt, w1t.to(dot_dtype), a, input_precision=DOT_PRECISION)
+        a += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
         # GELU in fp32, rounded to W as torch stores the activation; padded hidden units: a = 0 -> h = 0.
-        h = _round_w(gelu(a, ACT), w_dtype, INTERP_BF16)
-        w2 = tl.load(W2 + offs_s[:, None] * DT + offs_d[None, :], mask=smask[:, None] & dmask[None, :], other=0.0)
-        # acc += W2[:, d-chunk] H[d-chunk, c-tile]: [S_PAD, BLOCK_D] @ [BLOCK_D, BLOCK_C]
-        acc = tl.dot(w2.to(dot_dtype), h, acc, input_precision=DOT_PRECISION)
+        h = _round_w(gelu(a, ACT), w_dtype, INTERP_BF16)  # [BLOCK_C, BLOCK_D]
+        # W2[:, d-chunk]^T: [BLOCK_D, S_PAD], hidden units contiguous (K-major)
+        w2t = tl.load(W2 + offs_s[None, :] * DT + offs_d[:, None], mask=dmask[:, None] & smask[None, :], other=0.0)
+        acc = tl.dot(h, w2t.to(dot_dtype), acc, input_precision=DOT_PRECISION)  # [BLOCK_C, S_PAD]
 
     # Epilogue: + b2, * s[b], + residual x (re-read from L2 rather than kept live across the loop), one store.
+    o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[None, :]
+    if HAS_SCALE:
+        o = o * tl.load(SCALE + b).to(tl.float32)
+    strip = img + offs_s[None, :] * C + offs_c[:, None]  # [BLOCK_C, S_PAD] offsets of x[b, :, c-tile]^T
+    _add_residual_store(o, X, OUT, strip, cmask[:, None] & smask[None, :], INTERP_BF16)
+
+
+@triton.jit
+def _token_fc1_kernel(
+    X,  # [B, S, C] input; dtype X, contiguous
+    STATS,  # [2, B*S] fp32: per-token mean, rstd
+    LN_W,  # [C] LayerNorm gamma
+    LN_B,  # [C] LayerNorm beta
+    W1,  # [DT, S] fc1 weight; dtype W
+    B1,  # [DT] fc1 bias
+    HT,  # [B, C, DT] out: H^T = GELU(W1 LN(x[b]) + b1)^T per image, dtype W (the split route's intermediate)
+    N_ROWS,  # B * S
+    C,
+    DT,
+    S: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # hidden units per program (M)
+    BLOCK_C: tl.constexpr,  # channels per program (N)
+    BLOCK_K: tl.constexpr,  # tokens per K step
+    INTERP_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ACT: tl.constexpr = "gelu",
+):
+    # Split route, GEMM 1 per image: A[d, c] = sum_s W1[d, s] LN(x[b])[s, c] + b1[d]; H = GELU(A) stored transposed
+    # (H^T[b, c, d], hidden units contiguous) so that GEMM 2 reads it K-major. Grid: B * cdiv(DT, BLOCK_D) *
+    # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
+    pid = tl.program_id(0)
+    n_ct = tl.cdiv(C, BLOCK_C)
+    n_dt = tl.cdiv(DT, BLOCK_D)
+    b = pid // (n_ct * n_dt)
+    rest = pid % (n_ct * n_dt)
+    offs_d = (rest // n_ct) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    offs_c = (rest % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    dmask = offs_d < DT
+    cmask = offs_c < C
+    img = b.to(tl.int64) * S * C
+    tok = b.to(tl.int64) * S
+    g = tl.load(LN_W + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    w_dtype: tl.constexpr = W1.dtype.element_ty
+    dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else w_dtype
+    acc = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, S, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K] tokens
+        kmask = offs_k < S
+        w1 = tl.load(W1 + offs_d[:, None] * S + offs_k[None, :], mask=dmask[:, None] & kmask[None, :], other=0.0)
+        # LN(x[b])[k-chunk, c-tile] in W: [BLOCK_K, BLOCK_C], normalised from x and the token stats
+        y = _ln_tile(
+            X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype, INTERP_BF16
+        )
+        acc = tl.dot(w1.to(dot_dtype), y, acc, input_precision=DOT_PRECISION)  # [BLOCK_D, BLOCK_C]
+    acc += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    h = _round_w(gelu(acc, ACT), w_dtype, INTERP_BF16)  # rounded to W (torch's stored activation); exact in HT's W
+    ht = b.to(tl.int64) * C * DT + offs_c[None, :] * DT + offs_d[:, None]  # [BLOCK_D, BLOCK_C] offsets of H^T[b]
+    tl.store(HT + ht, h.to(HT.dtype.element_ty), mask=dmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _token_fc2_kernel(
+    X,  # [B, S, C] residual; dtype X, contiguous
+    HT,  # [B, C, DT] H^T from _token_fc1_kernel; dtype W
+    W2,  # [S, DT] fc2 weight; dtype W
+    B2,  # [S] fc2 bias
+    SCALE,  # [B] per-sample branch scale (read only if HAS_SCALE)
+    OUT,  # [B, S, C] out; dtype promote(X, W)
+    C,
+    DT,
+    S: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # output tokens per program (M)
+    BLOCK_C: tl.constexpr,  # channels per program (N)
+    BLOCK_K: tl.constexpr,  # hidden units per K step
+    HAS_SCALE: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Split route, GEMM 2 per image: u[b, s, c] = x[b, s, c] + s[b] * (sum_d W2[s, d] H[d, c] + b2[s]). A pure main
+    # loop: both operands K-major straight from memory (W2 rows, H^T rows). Grid: B * cdiv(S, BLOCK_S) *
+    # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
+    pid = tl.program_id(0)
+    n_ct = tl.cdiv(C, BLOCK_C)
+    n_st = tl.cdiv(S, BLOCK_S)
+    b = pid // (n_ct * n_st)
+    rest = pid % (n_ct * n_st)
+    offs_s = (rest // n_ct) * BLOCK_S + tl.arange(0, BLOCK_S)  # [BLOCK_S]
+    offs_c = (rest % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    smask = offs_s < S
+    cmask = offs_c < C
+    dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else W2.dtype.element_ty
+    hb = b.to(tl.int64) * C * DT
+    acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, DT, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K] hidden units
+        kmask = offs_k < DT
+        w2 = tl.load(W2 + offs_s[:, None] * DT + offs_k[None, :], mask=smask[:, None] & kmask[None, :], other=0.0)
+        h = tl.load(HT + hb + offs_c[None, :] * DT + offs_k[:, None], mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(w2.to(dot_dtype), h.to(dot_dtype), acc, input_precision=DOT_PRECISION)  # [BLOCK_S, BLOCK_C]
     o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[:, None]
     if HAS_SCALE:
         o = o * tl.load(SCALE + b).to(tl.float32)
-    mask = smask[:, None] & cmask[None, :]
-    strip = img + offs_s[:, None] * C + offs_c[None, :]  # [S_PAD, BLOCK_C] offsets of x[b, :, c-tile]
-    xr = tl.load(X + strip, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    u = xr + o
-    if INTERP_BF16 and OUT.dtype.element_ty == tl.bfloat16:
-        u = _rtne_bf16(u)
-    tl.store(OUT + strip, u.to(OUT.dtype.element_ty), mask=mask)
+    strip = b.to(tl.int64) * S * C + offs_s[:, None] * C + offs_c[None, :]  # [BLOCK_S, BLOCK_C] offsets of x[b]
+    _add_residual_store(o, X, OUT, strip, smask[:, None] & cmask[None, :], INTERP_BF16)
 
 
-def _mma_configs(w_dtype: torch.dtype = torch.bfloat16) -> list[triton.Config]:
-    """Tensor-core configs (fp16/bf16 operands, or fp32 as tf32): dot 1 in one step over the whole strip. The first is
-    the conservative one (the interpreter's). fp32 operands double the shared-memory tiles, so they keep BLOCK_D = 32.
-    All are built spill-free at S_PAD = 256 for sm_90 and sm_80 (gpu_build_specs)."""
+# ------------------------------------------------------------------------------------------------ autotune configs
+_MAX_FUSED_S_PAD = 256  # larger token counts take the split route (the O^T strip would not fit in registers)
+
+
+def _fused_configs(route: str, w_dtype: torch.dtype) -> list[triton.Config]:
+    """Fused-kernel configs. "mma" (fp16/bf16 operands, fp32 as tf32): dot 1 in one step against the LN strip;
+    BLOCK_C = 64 rows per warpgroup (4 warps: 64, 8 warps: 128), so no warpgroup repeats another's rows. "fma" (fp32
+    at "ieee"): dot 1 split over tokens. The first of each list is the conservative one (the interpreter's)."""
     c = triton.Config
-    configs = [
-        c({"BLOCK_C": 32, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=4, num_stages=2),
-        c({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=8, num_stages=2),
-        c({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=8, num_stages=3),
-        c({"BLOCK_C": 64, "BLOCK_D": 64, "BLOCK_K": 1024}, num_warps=8, num_stages=2),
-    ]
-    return configs[:2] if w_dtype == torch.float32 else configs
-
-
-def _fma_configs() -> list[triton.Config]:
-    """fp32 operands at "ieee" precision (torch's default "highest"): tl.dot runs on FMA units and keeps operand rows
-    in registers, so dot 1 is split over tokens in BLOCK_K steps."""
-    c = triton.Config
+    if route == "fma":
+        return [
+            c({"BLOCK_C": 32, "BLOCK_D": 16, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        ]
+    if w_dtype == torch.float32:  # tf32: only when forced (tests); by default tf32 takes the split route
+        return [c({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2)]
     return [
-        c({"BLOCK_C": 32, "BLOCK_D": 16, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-        c({"BLOCK_C": 64, "BLOCK_D": 16, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+        c({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=4, num_stages=2),
+        c({"BLOCK_C": 128, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=8, num_stages=2),
     ]
 
 
-def _route_configs(route: str, w_dtype: torch.dtype) -> list[triton.Config]:
-    return _fma_configs() if route == "fma" else _mma_configs(w_dtype)
+def _split_configs(kernel: str, route: str, w_dtype: torch.dtype) -> list[triton.Config]:
+    """Split-route GEMM configs: kernel "fc1" (M = BLOCK_D) or "fc2" (M = BLOCK_S); N = BLOCK_C, K = BLOCK_K."""
+    m = "BLOCK_D" if kernel == "fc1" else "BLOCK_S"
+    c = triton.Config
+    if route == "fma":
+        tiles = [(32, 64, 32, 4, 3), (64, 64, 32, 8, 3)]
+    elif w_dtype == torch.float32:
+        tiles = [(64, 128, 32, 4, 3), (128, 128, 32, 8, 3)]
+    else:
+        tiles = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4)]
+    return [c({m: bm, "BLOCK_C": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s) for bm, bn, bk, w, s in tiles]
 
 
-_KEY = ["S", "C", "DT"]
-# One autotuner per (route, fp32 operands?): each with its own config list, all over the same JIT function.
-_KERNELS = {
-    (route, fp32): triton.autotune(configs=pick_configs(_route_configs(route, w)), key=_KEY)(_token_mix_fwd_kernel)
-    for route in ("mma", "fma")
-    for fp32, w in ((False, torch.bfloat16), (True, torch.float32))
-}
+def _autotuned(kernel, configs: list[triton.Config], key: list[str]):
+    return triton.autotune(configs=pick_configs(configs), key=key)(kernel)
+
+
+# One autotuner per (route, fp32 operands?) and kernel: each with its own config list, over the same JIT functions.
 _ROUTES = ("mma", "fma")
+_W_OF = {False: torch.bfloat16, True: torch.float32}
+_KEY = ["S", "C", "DT"]
+_FUSED, _FC1, _FC2 = {}, {}, {}
+for _r in _ROUTES:
+    for _f, _w in _W_OF.items():
+        _FUSED[_r, _f] = _autotuned(_token_mix_fwd_kernel, _fused_configs(_r, _w), _KEY)
+        _FC1[_r, _f] = _autotuned(_token_fc1_kernel, _split_configs("fc1", _r, _w), _KEY)
+        _FC2[_r, _f] = _autotuned(_token_fc2_kernel, _split_configs("fc2", _r, _w), _KEY)
 
 
 def _default_route(w_dtype: torch.dtype, precision: str) -> str:
-    """fp32 operands at "ieee" run on FMA units ("fma": dot 1 split over tokens); everything else on tensor cores."""
+    """fp32 operands at "ieee" run on FMA units ("fma"); everything else on tensor cores ("mma")."""
     return "fma" if w_dtype == torch.float32 and precision == "ieee" else "mma"
 
 
 # ------------------------------------------------------------------------------------------------ launcher
 def _s_pad(S: int) -> int:
     return max(16, triton.next_power_of_2(S))
+
+
+def _is_split(S: int) -> bool:
+    """Token counts whose padded strip exceeds _MAX_FUSED_S_PAD must take the two-GEMM split route."""
+    return _s_pad(S) > _MAX_FUSED_S_PAD
+
+
+def _default_split(S: int, x_dtype: torch.dtype, w_dtype: torch.dtype, route: str) -> bool:
+    """The split route for S > 256, and for the operand mixes whose fused build spills on sm_90 (the O^T strip, 128
+    fp32 registers per thread, beside an LN strip of fp32 x or tf32 operands): tf32 and autocast (fp32 x, 16-bit W).
+    The fused kernel serves bf16/fp16 (x and W alike) and the fp32 FMA route at S <= 256."""
+    return _is_split(S) or (route == "mma" and (w_dtype == torch.float32 or x_dtype != w_dtype))
 
 
 def _stats_block_k(C: int) -> int:
@@ -275,13 +425,15 @@ def token_mix_fwd(
     allow_tf32: bool,
     act: str = "gelu",
     route: str | None = None,
+    split: bool | None = None,
 ) -> Tensor:
     """Fused token mixing: x [B, S, C] (fp32/fp16/bf16); ln_* [C]; fc1_weight [Dt, S], fc1_bias [Dt],
     fc2_weight [S, Dt], fc2_bias [S] in the matmul dtype W; branch_scale None or [B] (fastmixer.mix_args has the
     contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
     Returns u = x + s * (W2 GELU(W1 LN(x)^T + b1) + b2)^T as a new contiguous [B, S, C] in promote(X, W).
-    Two launches: per-token LN stats, then LN + fc1 + GELU + fc2 + biases + scale + residual fused.
-    route: None picks by dtype ("fma" for fp32 at ieee precision, else "mma"); tests force one to cover both."""
+    S <= 256: two launches (per-token LN stats, then everything else fused); S > 256: three (stats, GEMM 1 writing
+    H^T [B, C, Dt] in W, GEMM 2 with the epilogue). route: None picks by dtype ("fma" for fp32 at ieee precision,
+    else "mma"); split: None picks by S. Tests force both to cover every kernel."""
     if route not in (None, *_ROUTES):
         raise ValueError(f"token_mix_fwd: route must be one of {_ROUTES} or None, got {route!r}")
     args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
@@ -293,67 +445,75 @@ def token_mix_fwd(
     out = torch.empty((B, S, C), dtype=torch.promote_types(x.dtype, w_dtype), device=x.device)
     if out.numel() == 0:
         return out
+    precision = dot_precision(allow_tf32, w_dtype)
+    route = route or _default_route(w_dtype, precision)
+    split = _default_split(S, x.dtype, w_dtype, route) if split is None else split
+    if not split and _is_split(S):
+        raise ValueError(f"token_mix_fwd: S = {S} needs the split route (fused route: S <= {_MAX_FUSED_S_PAD})")
     n_rows = B * S
     stats = torch.empty((2, n_rows), dtype=torch.float32, device=x.device)  # mean, rstd
     _token_stats_kernel[(triton.cdiv(n_rows, _STATS_BLOCK_R),)](
         x, stats, n_rows, C, float(eps), BLOCK_R=_STATS_BLOCK_R, BLOCK_K=_stats_block_k(C), num_warps=4
     )
     has_scale = branch_scale is not None
-    precision = dot_precision(allow_tf32, w_dtype)
-    route = route or _default_route(w_dtype, precision)
-    _KERNELS[route, w_dtype == torch.float32][lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)](
-        x,
-        stats,
-        ln_weight,
-        ln_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        branch_scale if has_scale else x,  # dummy pointer, never read
-        out,
-        n_rows,
-        C,
-        Dt,
-        S=S,
-        S_PAD=_s_pad(S),
-        HAS_SCALE=has_scale,
-        INTERP_BF16=INTERPRET and w_dtype == torch.bfloat16,
-        DOT_PRECISION=precision,
-        ACT=act,
-    )
+    scale = branch_scale if has_scale else x  # dummy pointer, never read
+    key = (route, w_dtype == torch.float32)
+    interp_bf16 = INTERPRET and w_dtype == torch.bfloat16
+    if not split:
+        _FUSED[key][lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)](
+            x, stats, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, scale, out, n_rows, C, Dt,
+            S=S, S_PAD=_s_pad(S), HAS_SCALE=has_scale, INTERP_BF16=interp_bf16, DOT_PRECISION=precision, ACT=act,
+        )  # fmt: skip
+        return out
+    ht = torch.empty((B, C, Dt), dtype=w_dtype, device=x.device)  # H^T per image
+    _FC1[key][lambda meta: (B * triton.cdiv(Dt, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        x, stats, ln_weight, ln_bias, fc1_weight, fc1_bias, ht, n_rows, C, Dt,
+        S=S, INTERP_BF16=interp_bf16, DOT_PRECISION=precision, ACT=act,
+    )  # fmt: skip
+    _FC2[key][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        x, ht, fc2_weight, fc2_bias, scale, out, C, Dt,
+        S=S, HAS_SCALE=has_scale, INTERP_BF16=interp_bf16, DOT_PRECISION=precision,
+    )  # fmt: skip
     return out
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
 def spec_cases() -> list[Case]:
     """The launches the AOT builds cover: every dtype route at every model shape without drop-path, the drop-path
-    epilogue and the tanh-approximate GELU at B/16 bf16, and bf16 / fp32 at every other supported token count (S is a
-    constexpr here, so each S is its own build)."""
+    epilogue and the tanh-approximate GELU at B/16 bf16, and bf16 / fp32 / tf32 at every other supported token count
+    (S is a constexpr here, so each S is its own build; S > 256 is the split route)."""
     cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in MODEL_SHAPES]
     cases += [Case("bf16", MODEL_SHAPES[0], scale=True), Case("bf16", MODEL_SHAPES[0], act="gelu_tanh")]
-    return cases + [Case(route, shape) for route in ("bf16", "fp32") for shape in TOKEN_SHAPES]
+    cases += [Case(route, shape) for route in ("bf16", "fp32", "fp32-tf32") for shape in TOKEN_SHAPES]
+    return [*cases, Case("bf16", TOKEN_SHAPES[1], scale=True)]  # the split route's drop-path epilogue
 
 
 def gpu_build_specs() -> list[dict]:
     """One spec per distinct (kernel, autotune config, dtype route, specialisation) at the shapes of spec_cases()
-    (kernels/_specs.py derives signature and divisibility as the JIT does). Token counts outside the 224 px model
-    shapes are must_fit=False: reported by the build tests and the kernel report, not yet required to fit."""
+    (kernels/_specs.py derives signature and divisibility as the JIT does). Every token count must fit (sm_90 and
+    sm_80 shared memory, no spills)."""
     specs = SpecSet("token_mix")
-    model = {shape.label for shape in MODEL_SHAPES}
     for case in spec_cases():
         route, shape = case.tag, case.shape
         x_dt, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
         x, ln, w, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt), Ptr(torch.float32)
-        must_fit = shape.label in model
+        out = Ptr(torch.promote_types(x_dt, w_dt))
         stats = dict(X=x, STATS=f32, N_ROWS=shape.M, C=shape.C, eps=1e-6, BLOCK_R=_STATS_BLOCK_R,
                      BLOCK_K=_stats_block_k(shape.C))  # fmt: skip
-        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": 4}, must_fit=must_fit)
+        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": 4})
         precision = dot_precision(tf32, w_dt)
-        args = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, W2=w, B2=w, SCALE=x,
-                    OUT=Ptr(torch.promote_types(x_dt, w_dt)), N_ROWS=shape.M, C=shape.C, DT=shape.DT, S=shape.S,
-                    S_PAD=_s_pad(shape.S), HAS_SCALE=case.scale, INTERP_BF16=False, DOT_PRECISION=precision,
-                    ACT=case.act)  # fmt: skip
-        for i, cfg in enumerate(_route_configs(_default_route(w_dt, precision), w_dt)):
-            specs.add(_token_mix_fwd_kernel, route, shape, args, cfg, config_index=i, must_fit=must_fit)
+        kroute = _default_route(w_dt, precision)
+        common = dict(C=shape.C, DT=shape.DT, S=shape.S, INTERP_BF16=False, DOT_PRECISION=precision)
+        if not _default_split(shape.S, x_dt, w_dt, kroute):
+            args = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, W2=w, B2=w, SCALE=x, OUT=out, N_ROWS=shape.M,
+                        S_PAD=_s_pad(shape.S), HAS_SCALE=case.scale, ACT=case.act, **common)  # fmt: skip
+            for i, cfg in enumerate(_fused_configs(kroute, w_dt)):
+                specs.add(_token_mix_fwd_kernel, route, shape, args, cfg, config_index=i)
+            continue
+        fc1 = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, HT=w, N_ROWS=shape.M, ACT=case.act, **common)
+        fc2 = dict(X=x, HT=w, W2=w, B2=w, SCALE=x, OUT=out, HAS_SCALE=case.scale, **common)
+        for i, cfg in enumerate(_split_configs("fc1", kroute, w_dt)):
+            specs.add(_token_fc1_kernel, route, shape, fc1, cfg, config_index=i)
+        for i, cfg in enumerate(_split_configs("fc2", kroute, w_dt)):
+            specs.add(_token_fc2_kernel, route, shape, fc2, cfg, config_index=i, role="scale" if case.scale else "")
     return specs.specs()

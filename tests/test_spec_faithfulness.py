@@ -38,4 +38,8 @@ def test_every_token_count_is_in_the_build_matrix(module, constexpr):
     if constexpr == "S_PAD":
         wanted = {max(16, triton.next_power_of_2(s)) for s in wanted}
     assert wanted <= built, f"{module}: no build at {constexpr} = {sorted(wanted - built)}"
-    assert any(not s["must_fit"] for s in specs) and any(s["must_fit"] for s in specs)
+    assert any(s["must_fit"] for s in specs)
+    if module == "token_mix":  # issue 9: the forward serves every token count, so every build must fit
+        assert all(s["must_fit"] for s in specs)
+    else:
+        assert any(not s["must_fit"] for s in specs)
