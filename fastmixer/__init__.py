@@ -6,6 +6,20 @@ model = MixerB16(pretrained=True)         # timm's mixer_b16_224 weights, fused 
 The public names are imported on first use (PEP 562 module __getattr__): `import fastmixer` itself loads neither torch
 nor timm, so the command line (`fastmixer --help`) answers at once. fastmixer's architectures are registered in timm's
 model registry as soon as both fastmixer and timm are imported, in either order.
+
+Where each layer lives. The run-time path, from the user down to the kernels:
+  registry.py        names -> architectures (timm's registry, pretrained tags, MixerB16 ...); mmpretrain_api.py the
+                     seed's names, get_model / inference_model
+  model.py           MlpMixer / MixerBlock: timm's classes whose blocks call the seam
+  ops.py             the seam: token_mix / channel_mix / norm_pool, backend choice, the fastmixer:: custom ops
+  mix_args.py        the one argument contract of the fused ops, checked by the seam and by every launcher
+  reference.py       the pure-PyTorch path (same math, plain aten ops): CPU, float64, and the oracle of the tests
+  ../kernels/        the Triton kernels and their launchers, shipped as fastmixer.kernels (one file per fused op)
+Beside it:
+  weights.py         checkpoint files (timm, mmpretrain, JAX); timm_convert.py timm <-> fastmixer modules; hub.py
+                     the offline-fast pretrained fetch
+  predict.py, evaluate.py, info.py, demo.py, cli.py (+ cli_common.py, images.py): the command line and its helpers
+  bench/             measurement tooling, not used at run time: benchmark harness, launch recorder, counting, memory
 """
 
 import importlib as _importlib

@@ -70,24 +70,22 @@ class SeedModel:
 
 
 _OPENMMLAB = "https://download.openmmlab.com/mmclassification/v0/mlp-mixer/"
+
+
+def _seed(size: str, num_blocks: int, embed_dim: int, timm_name: str, file_hash: str, *table: float) -> SeedModel:
+    # One metafile row: mlp-mixer-<size>-p16, its published file (named by size and hash), then the table's params (M),
+    # FLOPs (G), top-1 and top-5.
+    arch = dict(patch_size=16, num_blocks=num_blocks, embed_dim=embed_dim)
+    url = f"{_OPENMMLAB}mixer-{size}-p16_3rdparty_64xb64_in1k_20211124-{file_hash}.pth"
+    return SeedModel(arch, timm_name, url, *table)
+
+
 SEED_MODELS: dict[str, SeedModel] = {
-    "mlp-mixer-base-p16_3rdparty_64xb64_in1k": SeedModel(
-        arch=dict(patch_size=16, num_blocks=12, embed_dim=768),
-        timm_name="mixer_b16_224",
-        url=_OPENMMLAB + "mixer-base-p16_3rdparty_64xb64_in1k_20211124-1377e3e0.pth",
-        params_m=59.88,
-        flops_g=12.61,
-        top1=76.68,
-        top5=92.25,
+    "mlp-mixer-base-p16_3rdparty_64xb64_in1k": _seed(
+        "base", 12, 768, "mixer_b16_224", "1377e3e0", 59.88, 12.61, 76.68, 92.25
     ),
-    "mlp-mixer-large-p16_3rdparty_64xb64_in1k": SeedModel(
-        arch=dict(patch_size=16, num_blocks=24, embed_dim=1024),
-        timm_name="mixer_l16_224",
-        url=_OPENMMLAB + "mixer-large-p16_3rdparty_64xb64_in1k_20211124-5a2519d2.pth",
-        params_m=208.20,
-        flops_g=44.57,
-        top1=72.34,
-        top5=88.02,
+    "mlp-mixer-large-p16_3rdparty_64xb64_in1k": _seed(
+        "large", 24, 1024, "mixer_l16_224", "5a2519d2", 208.20, 44.57, 72.34, 88.02
     ),
 }
 _COMMON = dict(num_classes=1000, img_size=224, mlp_ratio=(0.5, 4.0), norm_eps=1e-5, proj_drop_rate=0.1)

@@ -94,31 +94,13 @@ class MixerBlock(_TimmMixerBlock):
     def forward(self, x: Tensor) -> Tensor:
         if not self.fusable or (self.training and self.mlp_drop > 0):
             return super().forward(x)
-        t, c = self.mlp_tokens, self.mlp_channels
-        x = token_mix(
-            x,
-            self.norm1.weight,
-            self.norm1.bias,
-            t.fc1.weight,
-            t.fc1.bias,
-            t.fc2.weight,
-            t.fc2.bias,
-            eps=self.norm1.eps,
-            branch_scale=self._branch_scale(x),
-            act=self.acts[0],
-        )
-        return channel_mix(
-            x,
-            self.norm2.weight,
-            self.norm2.bias,
-            c.fc1.weight,
-            c.fc1.bias,
-            c.fc2.weight,
-            c.fc2.bias,
-            eps=self.norm2.eps,
-            branch_scale=self._branch_scale(x),
-            act=self.acts[1],
-        )
+        x = self._fused(token_mix, x, self.norm1, self.mlp_tokens, self.acts[0])
+        return self._fused(channel_mix, x, self.norm2, self.mlp_channels, self.acts[1])
+
+    def _fused(self, op, x: Tensor, norm: nn.Module, mlp: nn.Module, act: str) -> Tensor:
+        # one sub-block through the seam: x + (stochastic-depth scale) * mlp(norm(x)), fused
+        w = (norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+        return op(x, *w, eps=norm.eps, branch_scale=self._branch_scale(x), act=act)
 
 
 class MlpMixer(_TimmMlpMixer):

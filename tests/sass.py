@@ -45,42 +45,37 @@ from typing import Any
 #    H100 SXM 989.4 TFLOP/s bf16 dense / (132 SMs x 1.83 GHz) = 4096 (tf32 half, fp8/int8 double, fp64 tensor 67 TF
 #    -> 256); A100 312 TFLOP/s bf16 / (108 x 1.41 GHz) = 2048 (tf32 half, int8 double, fp64 tensor 19.5 TF -> 128).
 #    FP32 FFMA: 128 lanes per SM per clock = 256 FLOP on both. H200 has H100's SMs (same per-SM numbers).
+# What sm_90 and sm_80 share: register file, allocation units, CTA and warp limits.
+_SM_COMMON = dict(
+    regs_per_sm=65536,
+    regs_per_block=65536,
+    reg_alloc_unit_per_warp=256,
+    max_regs_per_thread=255,
+    sub_partitions=4,
+    shared_reserved_per_cta_bytes=1024,
+    shared_alloc_unit_bytes=128,
+    max_warps_per_sm=64,
+    max_ctas_per_sm=32,
+    max_threads_per_block=1024,
+)
 ARCH: dict[int, dict[str, Any]] = {
     90: dict(
+        _SM_COMMON,
         name="H100/H200 (sm_90)",
-        regs_per_sm=65536,
-        regs_per_block=65536,
-        reg_alloc_unit_per_warp=256,
-        max_regs_per_thread=255,
-        sub_partitions=4,
         shared_per_sm_bytes=228 * 1024,
         shared_per_block_max_bytes=227 * 1024,
-        shared_reserved_per_cta_bytes=1024,
-        shared_alloc_unit_bytes=128,
         # sm_90 cubins show the 1 KB reservation as static shared memory: cuobjdump reports SHARED:1024 and nvdisasm a
         # `.nv.reservedSmem.offset0` symbol for every Triton kernel here, whose PTX declares only extern (dynamic)
         # shared memory; sm_80 cubins report SHARED:0. So on sm_90 that 1 KB is not added a second time.
         static_includes_reserved=True,
-        max_warps_per_sm=64,
-        max_ctas_per_sm=32,
-        max_threads_per_block=1024,
         mma_flop_per_cycle_per_sm=dict(fp16=4096, bf16=4096, tf32=2048, fp8=8192, int8=8192, fp64=256, ffma_fp32=256),
     ),
     80: dict(
+        _SM_COMMON,
         name="A100 (sm_80)",
-        regs_per_sm=65536,
-        regs_per_block=65536,
-        reg_alloc_unit_per_warp=256,
-        max_regs_per_thread=255,
-        sub_partitions=4,
         shared_per_sm_bytes=164 * 1024,
         shared_per_block_max_bytes=163 * 1024,
-        shared_reserved_per_cta_bytes=1024,
-        shared_alloc_unit_bytes=128,
         static_includes_reserved=False,
-        max_warps_per_sm=64,
-        max_ctas_per_sm=32,
-        max_threads_per_block=1024,
         mma_flop_per_cycle_per_sm=dict(fp16=2048, bf16=2048, tf32=1024, int8=4096, fp64=128, ffma_fp32=256),
     ),
 }

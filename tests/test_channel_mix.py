@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 import triton
+from conftest import DEVICE
+from helpers import assert_three_way
 
 import fastmixer
 from fastmixer import ops
 from fastmixer.kernels import channel_mix as cm
 from fastmixer.reference import channel_mix_ref
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EPS = 1e-6
 # fp32 bound: operands are the same fp32 values, so only the summation order differs (K <= 3072, |out| ~ 1-10).
 FP32_TOL = dict(rtol=1e-5, atol=1e-5)
@@ -87,14 +88,6 @@ def test_fp32_layernorm_stats_stable_under_offset():
     torch.testing.assert_close(out - args[0], ref - args[0], rtol=1e-4, atol=1e-4)
 
 
-def _three_way(out, ref32, ref_same_dtype, atol):
-    """err(ours vs fp32 reference) <= 2 * err(torch in the same dtype vs fp32 reference) + atol."""
-    err = (out.float() - ref32).abs().max().item()
-    err_torch = (ref_same_dtype.float() - ref32).abs().max().item()
-    assert err_torch > 0, "the same-dtype torch run must differ from fp32, or the rule compares nothing"
-    assert err <= 2 * err_torch + atol, f"err {err:.3g} vs torch-same-dtype err {err_torch:.3g}"
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,S,C,Dc", [(1, 36, 40, 75), (3, 49, 100, 203)])
 def test_low_precision_three_way(dtype, B, S, C, Dc):
@@ -112,7 +105,7 @@ def test_low_precision_three_way(dtype, B, S, C, Dc):
     out = run(args, s)
     assert out.dtype == dtype and out.shape == (B, S, C)
     ref32 = channel_mix_ref(*(t.float() for t in args), eps=EPS, branch_scale=s)
-    _three_way(out, ref32, channel_mix_ref(*args, eps=EPS, branch_scale=s), atol=1e-4)
+    assert_three_way(out, ref32, channel_mix_ref(*args, eps=EPS, branch_scale=s), "op_abs_1e-4", differs=True)
 
 
 @pytest.mark.parametrize("w_dtype", [torch.float16, torch.bfloat16])
@@ -126,7 +119,8 @@ def test_mixed_fp32_x_low_precision_weights(w_dtype):
     out = run([x, ln_w, ln_b, *fc], s)
     assert out.dtype == torch.float32
     ref32 = channel_mix_ref(x, ln_w, ln_b, *(t.float() for t in fc), eps=EPS, branch_scale=s)
-    _three_way(out, ref32, channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS, branch_scale=s), atol=1e-4)
+    same = channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS, branch_scale=s)
+    assert_three_way(out, ref32, same, "op_abs_1e-4", differs=True)
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
@@ -143,7 +137,7 @@ def test_low_precision_large_mean_three_way(x_dtype, w_dtype):
     same = channel_mix_ref(x, ln_w, ln_b, *fc, eps=EPS)
     # the residual (~300) dominates |out| and its rounding is the same in both: compare the branches out - x
     xf = x.float()
-    _three_way(out.float() - xf, ref32 - xf, same.float() - xf, atol=1e-4)
+    assert_three_way(out.float() - xf, ref32 - xf, same.float() - xf, "op_abs_1e-4", differs=True)
 
 
 # ------------------------------------------------------------------------------------------------ through fastmixer.ops
@@ -175,7 +169,7 @@ def test_public_op_autocast_bf16(triton_backend):
         with fastmixer.use_backend("reference"):
             ref_autocast = _public(args, eps=EPS)
     assert out.dtype == torch.float32
-    _three_way(out, channel_mix_ref(*args, eps=EPS), ref_autocast, atol=1e-4)
+    assert_three_way(out, channel_mix_ref(*args, eps=EPS), ref_autocast, "op_abs_1e-4", differs=True)
 
 
 @pytest.mark.slow
