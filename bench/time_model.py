@@ -341,12 +341,13 @@ def _wgrad(m: dict[str, Any]) -> dict[str, Any]:
 
 @_kernel("_reduce_partials_kernel")
 def _reduce_partials(m: dict[str, Any]) -> dict[str, Any]:
-    # One loop over row tiles of one segment per program; programs of a segment get R_i / BLOCK_R trips. The trip
-    # count is the mean over the launch's programs (segments differ: thousands of rows for the row kernels' partials,
-    # a few for the split-K ones), so the wave model sees balanced programs.
-    segs = [(m[f"R{i}"], m[f"N{i}"]) for i in range(m["NSEG"])]
-    programs = [_cdiv(n, m["BLOCK_N"]) for _, n in segs]
-    work = sum(p * _cdiv(r, m["BLOCK_R"]) for p, (r, _) in zip(programs, segs))
+    # One loop over row tiles of one segment per program: segment i has cdiv(N_i, 2**L_i) programs of
+    # cdiv(R_i, BLOCK / 2**L_i) trips. The trip count is the mean over the launch's programs (segments differ:
+    # thousands of rows for the row kernels' partials, a few for the split-K ones), so the wave model sees balanced
+    # programs.
+    segs = [(m[f"R{i}"], m[f"N{i}"], 1 << m[f"L{i}"]) for i in range(m["NSEG"])]
+    programs = [_cdiv(n, w) for _, n, w in segs]
+    work = sum(p * _cdiv(r, m["BLOCK"] // w) for p, (r, _, w) in zip(programs, segs))
     return dict(trips=[max(1, _cdiv(work, sum(programs)))], flops=0)
 
 

@@ -263,115 +263,148 @@ def ln_backward(
 # parameter's dtype: out_i = sum_r part_i[r, :] in a fixed order (row tiles added element-wise in order, then one tree
 # over the tile's rows: the same on every run, no atomics), so the gradients are bitwise reproducible.
 REDUCE_SEGMENTS = 6  # partial buffers one launch can reduce
-# [256, 32] fp32 tiles on 8 warps: 32 KB in flight per program (a program's bandwidth is what is in flight over the
-# memory latency, and a segment of C columns has only C / 32 programs); 128-byte rows keep every load coalesced.
-_REDUCE_BLOCK_R, _REDUCE_BLOCK_N, _REDUCE_WARPS = 256, 32, 8
+# Each program sums a [BLOCK / width, width] tile per step (8 warps, 32 fp32 per thread: 32 KB in flight; a program's
+# bandwidth is what it has in flight over the memory latency). Two tile widths: tall partials (thousands of rows, the
+# row kernels' [programs, C]) take narrow 128-byte-row tiles, so a segment of C columns still has C / 32 programs;
+# short ones (a few split-K rows, [SPLIT, P*Q]) take wide tiles, so few programs cover their many columns and few
+# masked-off rows are issued.
+_REDUCE_BLOCK, _REDUCE_NARROW, _REDUCE_WIDE, _REDUCE_WARPS = 8192, 32, 512, 8
+_REDUCE_WIDE_BELOW = 32  # rows under which a segment takes the wide tile
 
 
-def _reduce_tile() -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_N): the interpreter runs each program in Python, so there few wide programs (and row tiles of
-    4, so its 8-program row partials still take several loop trips)."""
-    return (4, 1024) if INTERPRET else (_REDUCE_BLOCK_R, _REDUCE_BLOCK_N)
+def _reduce_tile() -> tuple[int, int, int, int]:
+    """(BLOCK, NARROW, WIDE, wide below R): the interpreter runs each program in Python, so there few wide programs
+    (and segments of 3+ rows still take the narrow tile, so both tile widths run on CPU too)."""
+    return (4096, 256, 1024, 3) if INTERPRET else (_REDUCE_BLOCK, _REDUCE_NARROW, _REDUCE_WIDE, _REDUCE_WIDE_BELOW)
 
 
-@triton.jit(do_not_specialize=["R0", "N0", "R1", "N1", "R2", "N2", "R3", "N3", "R4", "N4", "R5", "N5"])
+@triton.jit(
+    do_not_specialize=[f"{a}{i}" for i in range(REDUCE_SEGMENTS) for a in "RNL"],
+)
 def _reduce_partials_kernel(
-    P0, O0, R0, N0,  # segment i: P_i [R_i, N_i] fp32 partials -> O_i [N_i] (any float dtype) = column sums
-    P1, O1, R1, N1,
-    P2, O2, R2, N2,
-    P3, O3, R3, N3,
-    P4, O4, R4, N4,
-    P5, O5, R5, N5,
+    P0, O0, R0, N0, L0,  # segment i: P_i [R_i, N_i] fp32 partials -> O_i [N_i] (any float dtype) = column sums,
+    P1, O1, R1, N1, L1,  # in tiles 2**L_i columns wide (NARROW or WIDE)
+    P2, O2, R2, N2, L2,
+    P3, O3, R3, N3, L3,
+    P4, O4, R4, N4, L4,
+    P5, O5, R5, N5, L5,
     NSEG: tl.constexpr,  # segments in use (the rest are never reached)
-    BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK: tl.constexpr,
+    NARROW: tl.constexpr,
+    WIDE: tl.constexpr,
 ):  # fmt: skip
-    # Programs are laid out segment after segment, cdiv(N_i, BLOCK_N) each. R_i / N_i are never specialised (a split of
-    # 1 would make R a constexpr), so the source of every segment is one runtime-selected pointer and one loop.
+    # Programs are laid out segment after segment, cdiv(N_i, 2**L_i) each. R/N/L are never specialised (a split of 1
+    # would make R a constexpr), so every segment's source is one runtime-selected pointer and there is one loop.
     pid = tl.program_id(0)
-    end = tl.cdiv(N0, BLOCK_N)
+    end = (N0 + (1 << L0) - 1) >> L0
     src = P0
     rows_n = R0
     n = N0
+    lw = L0
     local = pid
     if NSEG > 1:
         if pid >= end:
             src = P1
             rows_n = R1
             n = N1
+            lw = L1
             local = pid - end
-        end += tl.cdiv(N1, BLOCK_N)
+        end += (N1 + (1 << L1) - 1) >> L1
     if NSEG > 2:
         if pid >= end:
             src = P2
             rows_n = R2
             n = N2
+            lw = L2
             local = pid - end
-        end += tl.cdiv(N2, BLOCK_N)
+        end += (N2 + (1 << L2) - 1) >> L2
     if NSEG > 3:
         if pid >= end:
             src = P3
             rows_n = R3
             n = N3
+            lw = L3
             local = pid - end
-        end += tl.cdiv(N3, BLOCK_N)
+        end += (N3 + (1 << L3) - 1) >> L3
     if NSEG > 4:
         if pid >= end:
             src = P4
             rows_n = R4
             n = N4
+            lw = L4
             local = pid - end
-        end += tl.cdiv(N4, BLOCK_N)
+        end += (N4 + (1 << L4) - 1) >> L4
     if NSEG > 5:
         if pid >= end:
             src = P5
             rows_n = R5
             n = N5
+            lw = L5
             local = pid - end
-    cols = local * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Element e of the flat tile is (row e >> lw, column e & (width - 1)) of a [BLOCK / width, width] tile.
+    width = 1 << lw
+    idx = tl.arange(0, BLOCK)
+    rin = idx >> lw
+    cols = local * width + (idx & (width - 1))
     cmask = cols < n
-    rr = tl.arange(0, BLOCK_R)
-    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)  # element-wise over row tiles, one tree at the end
-    for r0 in range(0, rows_n, BLOCK_R):
-        rows = r0 + rr
-        m = (rows < rows_n)[:, None] & cmask[None, :]
-        acc += tl.load(src + rows.to(tl.int64)[:, None] * n + cols[None, :], mask=m, other=0.0)
-    total = tl.sum(acc, axis=0)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)  # row tiles added element-wise in order; one tree per column at the end
+    for r0 in range(0, rows_n, BLOCK >> lw):
+        rows = r0 + rin
+        acc += tl.load(src + rows.to(tl.int64) * n + cols, mask=(rows < rows_n) & cmask, other=0.0)
     # The store's pointer type (the parameter's dtype) differs per segment: one store per segment, the cast folded in.
-    first = tl.cdiv(N0, BLOCK_N)
-    _store_segment(O0, cols, total, cmask, pid, 0, first)
+    first = (N0 + (1 << L0) - 1) >> L0
+    _store_segment(O0, acc, local, n, width, pid, 0, first, BLOCK, NARROW, WIDE)
     if NSEG > 1:
-        _store_segment(O1, cols, total, cmask, pid, first, tl.cdiv(N1, BLOCK_N))
-        first += tl.cdiv(N1, BLOCK_N)
+        count = (N1 + (1 << L1) - 1) >> L1
+        _store_segment(O1, acc, local, n, width, pid, first, count, BLOCK, NARROW, WIDE)
+        first += count
     if NSEG > 2:
-        _store_segment(O2, cols, total, cmask, pid, first, tl.cdiv(N2, BLOCK_N))
-        first += tl.cdiv(N2, BLOCK_N)
+        count = (N2 + (1 << L2) - 1) >> L2
+        _store_segment(O2, acc, local, n, width, pid, first, count, BLOCK, NARROW, WIDE)
+        first += count
     if NSEG > 3:
-        _store_segment(O3, cols, total, cmask, pid, first, tl.cdiv(N3, BLOCK_N))
-        first += tl.cdiv(N3, BLOCK_N)
+        count = (N3 + (1 << L3) - 1) >> L3
+        _store_segment(O3, acc, local, n, width, pid, first, count, BLOCK, NARROW, WIDE)
+        first += count
     if NSEG > 4:
-        _store_segment(O4, cols, total, cmask, pid, first, tl.cdiv(N4, BLOCK_N))
-        first += tl.cdiv(N4, BLOCK_N)
+        count = (N4 + (1 << L4) - 1) >> L4
+        _store_segment(O4, acc, local, n, width, pid, first, count, BLOCK, NARROW, WIDE)
+        first += count
     if NSEG > 5:
-        _store_segment(O5, cols, total, cmask, pid, first, tl.cdiv(N5, BLOCK_N))
+        count = (N5 + (1 << L5) - 1) >> L5
+        _store_segment(O5, acc, local, n, width, pid, first, count, BLOCK, NARROW, WIDE)
 
 
 @triton.jit
-def _store_segment(OUT, cols, total, cmask, pid, first, programs):
+def _store_segment(OUT, acc, local, n, width, pid, first, programs, BLOCK, NARROW, WIDE):
     if (pid >= first) & (pid < first + programs):
-        tl.store(OUT + cols, total.to(OUT.dtype.element_ty), mask=cmask)
+        if width == NARROW:
+            _store_columns(OUT, acc, local, n, BLOCK, NARROW)
+        else:
+            _store_columns(OUT, acc, local, n, BLOCK, WIDE)
+
+
+@triton.jit
+def _store_columns(OUT, acc, local, n, BLOCK: tl.constexpr, W: tl.constexpr):
+    # acc [BLOCK] is a row-major [BLOCK / W, W] tile: its column sums are this program's W totals.
+    total = tl.sum(tl.reshape(acc, [BLOCK // W, W]), axis=0)
+    cols = local * W + tl.arange(0, W)
+    tl.store(OUT + cols, total.to(OUT.dtype.element_ty), mask=cols < n)
 
 
 def _reduce_launch(segments: list[tuple[Any, Any, int, int]]) -> tuple[dict[str, Any], tuple[int, ...]]:
     """Arguments and grid of _reduce_partials_kernel for [(partials, out, R, N), ...] (tensors, or Ptr examples for the
     AOT specs); unused segments repeat the first one (never reached)."""
-    block_r, block_n = _reduce_tile()
+    block, narrow, wide, wide_below = _reduce_tile()
     args: dict[str, Any] = {}
+    programs = 0
     for i in range(REDUCE_SEGMENTS):
         part, out, r, n = segments[i] if i < len(segments) else segments[0]
-        args.update({f"P{i}": part, f"O{i}": out, f"R{i}": r, f"N{i}": n})
-    args.update(NSEG=len(segments), BLOCK_R=block_r, BLOCK_N=block_n, num_warps=_REDUCE_WARPS)
-    return args, (sum(triton.cdiv(n, block_n) for *_, n in segments),)
+        width = wide if r < wide_below else narrow
+        args.update({f"P{i}": part, f"O{i}": out, f"R{i}": r, f"N{i}": n, f"L{i}": width.bit_length() - 1})
+        programs += triton.cdiv(n, width) if i < len(segments) else 0
+    args.update(NSEG=len(segments), BLOCK=block, NARROW=narrow, WIDE=wide, num_warps=_REDUCE_WARPS)
+    return args, (programs,)
 
 
 def reduce_partials(parts: list[tuple[Tensor, Tensor]]) -> None:
