@@ -13,9 +13,10 @@ Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no
       epilogue:  out[m, n] = x[m, n] + s[m // S] * (acc + b2[n])   in fp32, stored in promote(X, W)
 
 Why a separate LN pass rather than LayerNorm inside GEMM1: recomputing each row's statistics in every column tile and
-normalising the A tile in registers made GEMM1's main loop issue-bound (sm_90 SASS: 1.4-2.8 issue cycles per MMA
-cycle, 170 registers, 1 CTA/SM). The pass costs one read of x and one write + read of y [M, C] in W (at B/16 bf16
-batch 256: ~0.23 GB of ~1.2 GB the block moves anyway) and leaves both GEMMs pure, at the same rounding points as torch.
+normalising the A tile in registers made GEMM1's main loop issue-bound (bf16 on sm_90: 1.37-2.76 issue cycles per MMA
+cycle, 170-172 registers, 1 CTA/SM at 128 x 128; bench/results/2026-12-02-kernel-report.md). The pass adds one read of
+x and one write + read of y [M, C] in W (M x C x 2 B = 77 MB each at B/16 bf16 batch 256) and a launch, and leaves both
+GEMMs pure, at the same rounding points as torch.
 Folding gamma into W1 with mean/rstd in the epilogue would skip writing y, but with an fp32 residual stream and 16-bit
 weights (autocast) x itself would have to be rounded to W before the MMA: for rows whose mean is large against their
 spread that rounding is ~|mean|/spread times torch's error, outside the three-way rule.
