@@ -294,37 +294,23 @@ torch.library.register_autograd("fastmixer::norm_pool", _norm_pool_backward, set
 
 
 # ------------------------------------------------------------------------------------------------ public functions
-def _mix(
-    kind: str,
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    eps: float,
-    branch_scale: Tensor | None,
-    act: str,
-) -> Tensor:
+def _mix(kind: str, args: MixArgs, eps: float, act: str) -> Tensor:
+    x = args.x
     mm_dtype = _autocast_dtype(x) if isinstance(x, Tensor) else None
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
     check_mix_args(f"{kind}_mix", kind, args, eps=eps, act=act, kernel=False, mixed=mm_dtype is not None)
     backend = resolve_backend(x)
     if backend == "triton" and selection.applies(x, get_backend()):  # auto on CUDA: the faster path (select.py)
         backend = selection.choose(kind, args, eps=eps, act=act, mm_dtype=mm_dtype, allow_tf32=_allow_tf32())
     if backend == "reference":  # includes float64
-        return reference.mix_ref(kind, *args[:7], eps=eps, branch_scale=branch_scale, act=act)
+        return reference.mix_ref(kind, args, eps=eps, act=act)
     if mm_dtype is not None:  # autocast: the GEMMs run in the autocast dtype; the residual stream keeps x's dtype
-        fc1_weight, fc1_bias, fc2_weight, fc2_bias = (
-            t.to(mm_dtype) for t in (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-        )
+        mlp = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+        args = args._replace(**{name: getattr(args, name).to(mm_dtype) for name in mlp})
     op = torch.ops.fastmixer.token_mix if kind == "token" else torch.ops.fastmixer.channel_mix
-    x = x.contiguous()  # the stem's output is a transposed view; the kernels (and the saved input) need [B, S, C] dense
+    # the stem's output is a transposed view; the kernels (and the saved input) need x [B, S, C] dense
+    args = args._replace(x=x.contiguous())
     with torch.autocast(x.device.type, enabled=False):
-        return op(
-            x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, _allow_tf32(), act
-        )
+        return op(*args, eps, _allow_tf32(), act)  # the custom op's flat schema: MixArgs' tensors, eps, tf32, act
 
 
 def token_mix(
@@ -348,7 +334,8 @@ def token_mix(
     One kernel on the triton backend: LN stats, LN, both GEMMs, GELU, biases and the residual are fused, and no
     transposed copy of x is made.
     """
-    return _mix("token", x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale, act)
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    return _mix("token", args, eps, act)
 
 
 def channel_mix(
@@ -371,7 +358,8 @@ def channel_mix(
     with LayerNorm in its prologue and bias + GELU in its epilogue, GEMM2 with bias + residual (+ branch scale) in its
     epilogue.
     """
-    return _mix("channel", x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale, act)
+    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    return _mix("channel", args, eps, act)
 
 
 def norm_pool(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float = 1e-6) -> Tensor:

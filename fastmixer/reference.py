@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastmixer.mix_args import approximate_of
+from fastmixer.mix_args import MixArgs, approximate_of
 
 
 def _branch_scale(branch: Tensor, branch_scale: Tensor | None) -> Tensor:
@@ -23,26 +23,14 @@ def _branch_scale(branch: Tensor, branch_scale: Tensor | None) -> Tensor:
     return branch * branch_scale.view(-1, 1, 1).to(branch.dtype)
 
 
-def mix_ref(
-    kind: str,
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    *,
-    eps: float,
-    branch_scale: Tensor | None = None,
-    act: str = "gelu",
-) -> Tensor:
+def mix_ref(kind: str, args: MixArgs, *, eps: float, act: str = "gelu") -> Tensor:
     """token_mix (kind="token") or channel_mix (kind="channel") in plain aten ops: x + fc2(GELU(fc1(LN(x)))), the MLP
     contracting over tokens (on LN(x)^T, transposed back) or over channels.
 
-    x [B, S, C]; ln_* [C]; fc1_weight [D, n]; fc1_bias [D]; fc2_weight [n, D]; fc2_bias [n] (n = S or C) -> [B, S, C].
-    act: "gelu" (exact erf) or "gelu_tanh" (tanh approximation).
+    args (fastmixer.mix_args.MixArgs): x [B, S, C]; ln_* [C]; fc1_weight [D, n]; fc1_bias [D]; fc2_weight [n, D];
+    fc2_bias [n] (n = S or C); branch_scale [B] or None -> [B, S, C]. act: "gelu" (exact erf) or "gelu_tanh".
     """
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     y = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
     if kind == "token":
         y = y.transpose(1, 2)  # [B, C, S]
@@ -53,14 +41,16 @@ def mix_ref(
     return x + _branch_scale(o, branch_scale)
 
 
-def token_mix_ref(*args: Tensor, **kwargs: object) -> Tensor:
-    """u = x + fc2(GELU(fc1(LN(x)^T)))^T, contracting over tokens: fc1_weight [Dt, S], fc2_weight [S, Dt] (mix_ref)."""
-    return mix_ref("token", *args, **kwargs)
+def token_mix_ref(*args: Tensor, eps: float, act: str = "gelu", **tensors: Tensor | None) -> Tensor:
+    """u = x + fc2(GELU(fc1(LN(x)^T)))^T, contracting over tokens: fc1_weight [Dt, S], fc2_weight [S, Dt]. The tensors
+    are MixArgs' fields (x, ln_weight, ..., fc2_bias, branch_scale=None), positional or by name (mix_ref)."""
+    return mix_ref("token", MixArgs(*args, **tensors), eps=eps, act=act)
 
 
-def channel_mix_ref(*args: Tensor, **kwargs: object) -> Tensor:
-    """x + fc2(GELU(fc1(LN(x)))) over channels: fc1_weight [Dc, C], fc2_weight [C, Dc] (mix_ref)."""
-    return mix_ref("channel", *args, **kwargs)
+def channel_mix_ref(*args: Tensor, eps: float, act: str = "gelu", **tensors: Tensor | None) -> Tensor:
+    """x + fc2(GELU(fc1(LN(x)))) over channels: fc1_weight [Dc, C], fc2_weight [C, Dc]. The tensors are MixArgs'
+    fields, positional or by name (mix_ref)."""
+    return mix_ref("channel", MixArgs(*args, **tensors), eps=eps, act=act)
 
 
 def norm_pool_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) -> Tensor:
@@ -110,22 +100,13 @@ def _scaled(dout32: Tensor, branch_scale: Tensor | None) -> Tensor:
 
 
 def mix_backward_ref(
-    kind: str,
-    dout: Tensor,
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    *,
-    eps: float,
-    branch_scale: Tensor | None = None,
-    act: str = "gelu",
+    kind: str, dout: Tensor, *args: Tensor, eps: float, act: str = "gelu", **tensors: Tensor | None
 ) -> tuple[Tensor, ...]:
     """Gradients (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias) of token_mix
-    (kind="token") or channel_mix (kind="channel") with activation `act`, in the dtypes of the corresponding inputs."""
+    (kind="token") or channel_mix (kind="channel") with activation `act`, in the dtypes of the corresponding inputs.
+    dout [B, S, C]; the tensors are MixArgs' fields (x, ln_weight, ..., fc2_bias, branch_scale=None), positional or
+    by name, as mix_ref takes them."""
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = MixArgs(*args, **tensors)
     x32, g = x.float(), ln_weight.float()
     w1, w2 = fc1_weight.float(), fc2_weight.float()
     xhat, rstd = _ln_stats(x32, eps)
