@@ -126,7 +126,7 @@ _token_bwd = {
 def _wgrad_configs() -> list[triton.Config]:
     # 4-warp tiles larger than 64x64 (or BLOCK_K=64) spill on sm_90; the big tiles take 8 warps.
     return [
-        triton.Config({"BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_P": 128, "BLOCK_Q": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_P": 64, "BLOCK_Q": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
     ]  # (128, 64, 64) dropped: bf16 spills 8 B on sm_80 with triton 3.6
@@ -172,18 +172,15 @@ def _wgrad_kernel(
     pid = tl.program_id(0)
     split = tl.program_id(1)
     tiles_dw2 = tl.cdiv(S, BLOCK_P) * tl.cdiv(D, BLOCK_Q)
+    is_dw1 = pid >= tiles_dw2
     A = DO
     BM = H
-    OUT = DW2_PART
-    ROWSUM = DB2_PART
     P = S
     Q = D
     tile = pid
-    if pid >= tiles_dw2:
+    if is_dw1:  # the output pointers are chosen after the main loop (fewer registers live across it)
         A = DA
         BM = Y
-        OUT = DW1_PART
-        ROWSUM = DB1_PART
         P = D
         Q = S
         tile = pid - tiles_dw2
@@ -214,6 +211,11 @@ def _wgrad_kernel(
         bt = tl.load(bm0 + bb * Q * C + (rqc[None, :] * C + k[:, None]), mask=kmask[:, None], other=0.0)  # [BK, BQ]
         acc += _dot(a, bt, DOT_F32, PRECISION)
         rsum += tl.sum(a.to(tl.float32), axis=1)
+    OUT = DW2_PART
+    ROWSUM = DB2_PART
+    if is_dw1:
+        OUT = DW1_PART
+        ROWSUM = DB1_PART
     out = OUT + split.to(tl.int64) * P * Q
     tl.store(out + rp[:, None] * Q + rq[None, :], acc, mask=pmask[:, None] & qmask[None, :])
     tl.store(ROWSUM + split.to(tl.int64) * P + rp, rsum, mask=pmask & (pid_q == 0))
