@@ -1,10 +1,11 @@
 """Shared test helpers (import as `from helpers import ...`; tests/ is on sys.path)."""
 
+import contextlib
 import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,14 +114,20 @@ def dist_model() -> torch.nn.Module:
     return randomize_(fastmixer.MlpMixer(**DIST_ARCH)).train()
 
 
-def dist_init(rank: int, port: int, world: int, timeout_s: float) -> None:
-    """Join the gloo process group of a distributed test's worker on 127.0.0.1:port (one intra-op thread)."""
+@contextlib.contextmanager
+def dist_group(rank: int, port: int, world: int, timeout_s: float) -> Iterator[None]:
+    """A distributed test's worker inside the gloo process group on 127.0.0.1:port (one intra-op thread); the group
+    is destroyed on exit, whatever happened."""
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def save_rank_results(
@@ -146,6 +153,18 @@ def load_rank_results(out_dir, backends: tuple[str, ...], world: int) -> dict[st
     return {
         b: [torch.load(Path(out_dir) / f"{b}_rank{r}.pt", weights_only=False) for r in range(world)] for b in backends
     }
+
+
+def rank_results(results: dict[str, list], backend: str, what: str) -> list[dict]:
+    """The ranks' results on `backend`, each checked to be a result (not a worker's traceback); skips a backend the
+    workers did not run (triton on CPU without TRITON_INTERPRET=1)."""
+    if backend not in results:
+        pytest.skip(
+            f"CPU {what} through the triton backend needs TRITON_INTERPRET=1 (conftest sets it only without CUDA)"
+        )
+    for r, result in enumerate(results[backend]):
+        assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
+    return results[backend]
 
 
 def dist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,18 @@ and the parent waits at most _TIMEOUT_S before it terminates the workers it star
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import dist_batch, dist_init, dist_model, load_rank_results, one_thread, run_ranks, save_rank_results
+from helpers import (
+    dist_batch,
+    dist_group,
+    dist_model,
+    load_rank_results,
+    one_thread,
+    rank_results,
+    run_ranks,
+    save_rank_results,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 import fastmixer
@@ -31,12 +39,9 @@ def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist_init(rank, port, WORLD, 90)
-    try:
+    with dist_group(rank, port, WORLD, 90):
         run = lambda x, y: _grads(DistributedDataParallel(dist_model()), x, y)
         save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, run)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +54,7 @@ def ddp_results(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_ddp_gradients_equal_single_process(ddp_results, backend):
-    if backend not in BACKENDS:
-        pytest.skip("CPU DDP through the triton backend needs TRITON_INTERPRET=1 (conftest sets it only without CUDA)")
-    ranks = ddp_results[backend]
-    for r, result in enumerate(ranks):
-        assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
+    ranks = rank_results(ddp_results, backend, "DDP")
     x, y = dist_batch(GLOBAL_BATCH)
     with fastmixer.use_backend(backend):
         single = _grads(dist_model(), x, y)

@@ -12,10 +12,18 @@ import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import dist_batch, dist_init, dist_model, load_rank_results, one_thread, run_ranks, save_rank_results
+from helpers import (
+    dist_batch,
+    dist_group,
+    dist_model,
+    load_rank_results,
+    one_thread,
+    rank_results,
+    run_ranks,
+    save_rank_results,
+)
 
 import fastmixer
 
@@ -64,8 +72,7 @@ def _shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist_init(rank, port, WORLD, 120)
-    try:
+    with dist_group(rank, port, WORLD, 120):
         try:  # can this torch run FSDP2 on CPU/gloo at all?
             probe = fully_shard(torch.nn.Linear(4, 4))
             probe(torch.randn(2, 4)).sum().backward()
@@ -74,8 +81,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             torch.save(traceback.format_exc(), os.path.join(out_dir, f"probe_rank{rank}.pt"))
             return
         save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, lambda x, y: _train(_shard(dist_model()), x, y))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +97,7 @@ def fsdp_results(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fsdp2_training_equals_single_process(fsdp_results, backend):
-    if backend not in BACKENDS:
-        pytest.skip("CPU FSDP through the triton backend needs TRITON_INTERPRET=1 (conftest sets it only without CUDA)")
-    ranks = fsdp_results[backend]
-    for r, result in enumerate(ranks):
-        assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
+    ranks = rank_results(fsdp_results, backend, "FSDP")
     x, y = dist_batch(GLOBAL_BATCH)
     with fastmixer.use_backend(backend):
         single = _train(dist_model(), x, y)
