@@ -130,6 +130,9 @@ def test_cli_bench_writes_no_files_without_out(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     out, err = capsys.readouterr()
     assert "### b16[1 blk] inference b1 fp32" in out and "no files written (--out DIR" in err
+    # what the runtime selection chose (fastmixer/select.py): on CPU nothing is timed, and the table says so
+    assert out.count("## Runtime selection") == 1 and "runtime selection: FASTMIXER_SELECT=fused" in out
+    assert "no fused op has met the selection" in out
 
 
 def _count_report(tmp_path, capsys, monkeypatch):

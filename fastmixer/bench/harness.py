@@ -641,6 +641,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Counts (no GPU needed)", ""]
     for c in report.get("counts", []):
         lines += [counts_markdown(c), ""]
+    if report.get("selection"):
+        # fastmixer/select.py: which path (fused or reference) each fused op met in the run took, and why.
+        lines += ["## Runtime selection", "", "```", *report["selection"], "```", ""]
     if report.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
@@ -932,6 +935,9 @@ def main(args: argparse.Namespace) -> int:
             on_result=save,
             log=lambda line: _progress(f"[{done[0] + 1}/{len(cases)}] {line}"),
         )
+    from fastmixer.select import describe_selection
+
+    report["selection"] = describe_selection()
     _finish(report, args.out, stem)
     failed = [r for r in report["results"] if "error" in r]
     return 1 if failed and len(failed) == len(report["results"]) else 0
