@@ -46,7 +46,7 @@ echo "bench exit code: $? (124 = timed out)" >>"$OUT/bench.log"
 
 # 3. op level through pytest-benchmark (files 6-7: pytest_bench.json, pytest_bench.log), what is left of ~9 min
 step "op benchmarks (pytest bench/test_ops.py)"
-LEFT=$(( 530 - ($(date +%s) - T0) ))
+LEFT=$(( 515 - ($(date +%s) - T0) ))
 if [ "$LEFT" -gt 30 ]; then
   FASTMIXER_BENCH_BATCH=256 FASTMIXER_BENCH_DTYPE=bf16 timeout -k 10 "$LEFT" "$PY" -m pytest -q -p no:cacheprovider \
     bench/test_ops.py --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,mean,rounds \
@@ -55,5 +55,13 @@ if [ "$LEFT" -gt 30 ]; then
 else
   echo "skipped: no time left" >"$OUT/pytest_bench.log"
 fi
+
+# 4. per fused op, measured vs the time MODEL (appended to report.md and printed; the file count is capped), <= 15 s,
+#    JSON/text only (no torch): forward and backward (= forward+backward - forward), fused vs reference from the
+#    selection's lines in env.txt (step 1b), every provider from pytest_bench.json (step 3) and any op rows of
+#    report.json, each beside the model of the same device kind (newest bench/results/*-time-model-{h100,h200}.json).
+step "per op: measured vs MODEL (bench/op_vs_model.py)"
+{ echo; timeout -k 5 15 "$PY" bench/op_vs_model.py "$OUT/env.txt" "$OUT/pytest_bench.json" "$OUT/report.json" 2>&1
+  echo "op_vs_model exit code: $? (124 = timed out)"; } | tee -a "$OUT/report.md"
 step "done"
 ls -la "$OUT" >>"$OUT/env.txt"
