@@ -935,9 +935,9 @@ def main(args: argparse.Namespace) -> int:
             on_result=save,
             log=lambda line: _progress(f"[{done[0] + 1}/{len(cases)}] {line}"),
         )
-    from fastmixer.select import describe_selection
+        from fastmixer.select import describe_selection
 
-    report["selection"] = describe_selection()
+        report["selection"] = describe_selection()  # what the timed fused ops ran: fused or reference
     _finish(report, args.out, stem)
     failed = [r for r in report["results"] if "error" in r]
     return 1 if failed and len(failed) == len(report["results"]) else 0
