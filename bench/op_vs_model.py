@@ -256,7 +256,8 @@ def report(paths: Sequence[str | Path], results: Path = RESULTS, model_path: str
             continue
         name = model.get("device", {}).get("name", key or "?")
         shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
-        parts += [format_ops(compare_ops(drows, model), name, str(shown), device), ""]
+        where = f"{shown}, made at git {model.get('git_commit') or '?'}"  # a stale model shows here
+        parts += [format_ops(compare_ops(drows, model), name, where, device), ""]
     if notes:
         parts += ["Not compared:", *notes, ""]
     if not rows and not notes:
