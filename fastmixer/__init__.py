@@ -38,6 +38,7 @@ if _ilu.find_spec("fastmixer.kernels") is None:
     _spec = _ilu.spec_from_file_location("fastmixer.kernels", _init, submodule_search_locations=[_dir])
     _sys.modules["fastmixer.kernels"] = _ilu.module_from_spec(_spec)
     _spec.loader.exec_module(_sys.modules["fastmixer.kernels"])
+    kernels = _sys.modules["fastmixer.kernels"]  # what a normal submodule import binds: `fastmixer.kernels` works
 
 __version__ = "0.1.0"
 

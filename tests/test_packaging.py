@@ -12,6 +12,7 @@ CODE = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]  # as if not pip-installed
 import fastmixer, fastmixer.kernels.channel_mix as cm
+assert fastmixer.kernels is sys.modules["fastmixer.kernels"]  # the attribute too (tests/aot.py reads it)
 print(cm.__file__)
 """
 
