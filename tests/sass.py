@@ -58,26 +58,29 @@ _SM_COMMON = dict(
     max_ctas_per_sm=32,
     max_threads_per_block=1024,
 )
+
+
+def _sm(name: str, shared_kb: int, static_includes_reserved: bool, **mma_flop_per_cycle_per_sm: int) -> dict[str, Any]:
+    """One arch: _SM_COMMON, shared memory per SM (per block: 1 KB less, the system reservation), and dense MMA
+    FLOPs per SM per clock by operand type."""
+    return dict(
+        _SM_COMMON,
+        name=name,
+        shared_per_sm_bytes=shared_kb * 1024,
+        shared_per_block_max_bytes=(shared_kb - 1) * 1024,
+        static_includes_reserved=static_includes_reserved,
+        mma_flop_per_cycle_per_sm=mma_flop_per_cycle_per_sm,
+    )
+
+
+# static_includes_reserved: sm_90 cubins show the 1 KB reservation as static shared memory (cuobjdump reports
+# SHARED:1024 and nvdisasm a `.nv.reservedSmem.offset0` symbol for every Triton kernel here, whose PTX declares only
+# extern (dynamic) shared memory); sm_80 cubins report SHARED:0. So on sm_90 that 1 KB is not added a second time.
 ARCH: dict[int, dict[str, Any]] = {
-    90: dict(
-        _SM_COMMON,
-        name="H100/H200 (sm_90)",
-        shared_per_sm_bytes=228 * 1024,
-        shared_per_block_max_bytes=227 * 1024,
-        # sm_90 cubins show the 1 KB reservation as static shared memory: cuobjdump reports SHARED:1024 and nvdisasm a
-        # `.nv.reservedSmem.offset0` symbol for every Triton kernel here, whose PTX declares only extern (dynamic)
-        # shared memory; sm_80 cubins report SHARED:0. So on sm_90 that 1 KB is not added a second time.
-        static_includes_reserved=True,
-        mma_flop_per_cycle_per_sm=dict(fp16=4096, bf16=4096, tf32=2048, fp8=8192, int8=8192, fp64=256, ffma_fp32=256),
+    90: _sm(
+        "H100/H200 (sm_90)", 228, True, fp16=4096, bf16=4096, tf32=2048, fp8=8192, int8=8192, fp64=256, ffma_fp32=256
     ),
-    80: dict(
-        _SM_COMMON,
-        name="A100 (sm_80)",
-        shared_per_sm_bytes=164 * 1024,
-        shared_per_block_max_bytes=163 * 1024,
-        static_includes_reserved=False,
-        mma_flop_per_cycle_per_sm=dict(fp16=2048, bf16=2048, tf32=1024, int8=4096, fp64=128, ffma_fp32=256),
-    ),
+    80: _sm("A100 (sm_80)", 164, False, fp16=2048, bf16=2048, tf32=1024, int8=4096, fp64=128, ffma_fp32=256),
 }
 
 TENSOR_MMA = ("HGMMA", "HMMA", "IMMA", "DMMA")

@@ -276,17 +276,8 @@ def test_model_from_checkpoint_builds_the_architecture(fmt, tmp_path, reference_
 
 def test_infer_config_any_layout():
     src = source(num_classes=7, img_size=40, patch_size=8, num_blocks=3, embed_dim=20, mlp_ratio=(0.75, 2.5))
-    want = dict(
-        img_size=40,
-        patch_size=8,
-        in_chans=3,
-        num_blocks=3,
-        embed_dim=20,
-        mlp_ratio=(0.75, 2.5),
-        num_classes=7,
-        stem_norm=False,
-        norm_eps=1e-6,
-    )
+    want = dict(img_size=40, patch_size=8, in_chans=3, num_blocks=3, embed_dim=20, mlp_ratio=(0.75, 2.5), num_classes=7,
+                stem_norm=False, norm_eps=1e-6)  # fmt: skip
     assert infer_config(timm_state(src)) == want
     assert infer_config(mmpretrain_state(src)) == {**want, "norm_eps": 1e-5}
     assert infer_config(jax_params(src)) == want
