@@ -5,9 +5,9 @@
 
 Nothing here ran on a GPU. Every figure is a MODEL built from:
   * the launches each provider makes at real model size, counted on CPU without running anything
-    (fastmixer/counting.py): fastmixer's Triton launches with their grid and arguments, with the launch parameters a GPU
-    run uses (the kernel modules' interpreter-only choices are switched off while counting), and the aten ops timm
-    eager (and fastmixer's stem/head/backward glue) issues, with their shapes;
+    (fastmixer/bench/counting.py): fastmixer's Triton launches with their grid and arguments, with the launch
+    parameters a GPU run uses (the kernel modules' interpreter-only choices are switched off while counting), and the
+    aten ops timm eager (and fastmixer's stem/head/backward glue) issues, with their shapes;
   * the SASS kernel report (bench/kernel_resources.py -> bench/results/*-kernel-report.json, schema
     fastmixer.kernel_report/1): per build of kernel x autotune config x dtype x shape on sm_90, the CTAs per SM, every
     loop's instructions and MMA FLOPs per iteration, the MMA kinds and whether the main loop waits for each MMA;
@@ -29,7 +29,7 @@ The rules (all in this file):
     its compulsory bytes; plus launch overhead.
   Memory-bound kernel (every other aten op, the compile plan's LayerNorm passes): bytes / (bandwidth x efficiency)
     + launch overhead.
-  Compulsory bytes: every tensor a kernel reads or writes, once (fastmixer/counting.py); L2 re-reads are free.
+  Compulsory bytes: every tensor a kernel reads or writes, once (fastmixer/bench/counting.py); L2 re-reads are free.
 
 Providers. fastmixer and timm eager: their counted kernels. Compile plan: constructed from the shapes (compile_plan),
 what Inductor can fuse into one Mixer block; its GEMMs at cuBLAS efficiency. Bare GEMMs: only the model's GEMMs.
@@ -658,12 +658,13 @@ def count_case(variant: str, batch: int, dtype: Any, num_blocks: int | None = No
     import fastmixer
     from fastmixer.bench import counting
     from fastmixer.kernels import channel_mix, channel_mix_bwd, norm_pool, token_mix, token_mix_bwd  # noqa: F401
+    from fastmixer.registry import resolve_variant
     from fastmixer.timm_convert import to_timm
 
     d = dict(_dims(variant))
-    name = variant if variant.startswith(("mixer", "fastmixer")) else f"mixer_{variant}_224"
     torch.manual_seed(0)
-    ours = fastmixer.create_model(name, **({} if num_blocks is None else {"num_blocks": num_blocks})).to(dtype)
+    depth = {} if num_blocks is None else {"num_blocks": num_blocks}
+    ours = fastmixer.create_model(resolve_variant(variant), **depth).to(dtype)
     d["L"] = len(ours.blocks)
     theirs = to_timm(ours, share=False)
     images = torch.randn(batch, 3, 224, 224, dtype=dtype)
@@ -713,6 +714,18 @@ def _gemm(name: str, M: int, N: int, K: int, w: int, extra: int = 0, fuses: str 
     return PlanKernel(name, "gemm", w * (M * K + K * N + M * N) + extra, 2 * M * N * K, (M, N, K), fuses)
 
 
+def _mlp_backward(which: str, R: int, n: int, D: int, w: int, fuses: tuple[str, str, str, str]) -> list[PlanKernel]:
+    """The four backward GEMMs of one Mixer MLP over R rows of n features (hidden D), in order: fc2 dX (reads the
+    saved pre-activation [R, D]), fc2 dW, fc1 dW, fc1 dX; `fuses` says what each one's epilogue does."""
+    dx2, dw2, dw1, dx1 = fuses
+    return [
+        _gemm(f"{which} fc2 dX", R, D, n, w, R * D * w, dx2),
+        _gemm(f"{which} fc2 dW", n, D, R, w, 0, dw2),
+        _gemm(f"{which} fc1 dW", D, n, R, w, 0, dw1),
+        _gemm(f"{which} fc1 dX", R, n, D, w, 0, dx1),
+    ]
+
+
 def compile_plan_block(B: int, S: int, C: int, Dt: int, Dc: int, w: int = 2) -> dict[str, list[PlanKernel]]:
     """What torch.compile (Inductor, max-autotune) can make of one timm Mixer block, constructed from the shapes:
     forward 6 kernels, backward 10. Activations in w bytes per element, LayerNorm statistics fp32 (8 B per row).
@@ -738,16 +751,13 @@ def compile_plan_block(B: int, S: int, C: int, Dt: int, Dc: int, w: int = 2) -> 
         _gemm("channel fc2", B * S, C, Dc, w, act + C * w, "bias + residual epilogue (reads u)"),
     ]  # fmt: skip
     bwd = [
-        _gemm("channel fc2 dX", B * S, Dc, C, w, B * S * Dc * w, "x GELU'(a2) epilogue (reads a2), db1 partials"),
-        _gemm("channel fc2 dW", C, Dc, B * S, w, 0, "dW2 = g^T h2"),
-        _gemm("channel fc1 dW", Dc, C, B * S, w, 0, "dW1 = da2^T LN2(u)"),
-        _gemm("channel fc1 dX", B * S, C, Dc, w, 0, "d LN2 = da2 W1"),
+        *_mlp_backward("channel", B * S, C, Dc, w, (
+            "x GELU'(a2) epilogue (reads a2), db1 partials", "dW2 = g^T h2", "dW1 = da2^T LN2(u)", "d LN2 = da2 W1")),
         PlanKernel("LN2 backward + residual", "memory", 4 * act + stats,
                    fuses="reads d LN2, u, g and the stats, writes du = g + LN2'(d LN2); dgamma, dbeta, db2 partials"),
-        _gemm("token fc2 dX", B * C, Dt, S, w, B * C * Dt * w, "du read transposed; x GELU'(a1) epilogue (reads a1)"),
-        _gemm("token fc2 dW", S, Dt, B * C, w, 0, "dW2 = du^T h1"),
-        _gemm("token fc1 dW", Dt, S, B * C, w, 0, "dW1 = da1^T LN1(x)^T"),
-        _gemm("token fc1 dX", B * C, S, Dt, w, 0, "d LN1 = da1 W1, stored as [B, S, C]"),
+        *_mlp_backward("token", B * C, S, Dt, w, (
+            "du read transposed; x GELU'(a1) epilogue (reads a1)", "dW2 = du^T h1", "dW1 = da1^T LN1(x)^T",
+            "d LN1 = da1 W1, stored as [B, S, C]")),
         PlanKernel("LN1 backward + residual", "memory", 4 * act + stats,
                    fuses="reads d LN1, x, du and the stats, writes dx = du + LN1'(d LN1); dgamma, dbeta, db2 partials"),
     ]  # fmt: skip
