@@ -1,13 +1,6 @@
 """Shared test helpers (import as `from helpers import ...`; tests/ is on sys.path)."""
 
-import contextlib
-import os
-import socket
-import time
-import traceback
-from collections.abc import Callable, Iterator
-from datetime import timedelta
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,6 +25,16 @@ def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
     from fastmixer.timm_convert import to_timm
 
     return to_timm(model, share=False)
+
+
+def launch_reference(kind: str, *args, eps: float, act: str = "gelu", **_) -> torch.Tensor:
+    """Stand-in for the Triton launchers (monkeypatched over fastmixer.ops._launch): the reference forward with the
+    launchers' arguments (a MixArgs for "token"/"channel"; x, ln_weight, ln_bias for "pool"); allow_tf32 ignored."""
+    from fastmixer import reference
+
+    if kind == "pool":
+        return reference.norm_pool_ref(*args, eps=eps)
+    return reference.mix_ref(kind, *args, eps=eps, act=act)
 
 
 # ------------------------------------------------------------------------------------------------ the three-way rule
@@ -80,97 +83,6 @@ def assert_three_way(
     atol = THREE_WAY_ATOL[row](dtype or ours.dtype, oracle)
     assert err <= 2 * err_torch + atol, f"{what}: err {err:.3g} > 2 * torch err {err_torch:.3g} + {atol:.3g}"
     return err, err_torch
-
-
-def run_ranks(worker: Callable, out_dir, world: int, timeout_s: float, what: str) -> None:
-    """Spawn `world` processes running worker(rank, port, str(out_dir)) on a free loopback port and wait for them;
-    fail the test after timeout_s, and never leave a worker behind. Workers report through files in out_dir."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(worker, args=(port, str(out_dir)), nprocs=world, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what} workers did not finish within {timeout_s} s")
-    finally:
-        for p in ctx.processes:  # only the workers started above
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
-
-
-# The distributed tests' model and data (tests/test_ddp.py, tests/test_fsdp.py): S = 36 tokens, C = 40 channels.
-DIST_ARCH = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)
-
-
-def dist_model() -> torch.nn.Module:
-    """The distributed tests' Mixer, in train mode; the same weights in every process (randomize_ is seeded)."""
-    import fastmixer
-
-    return randomize_(fastmixer.MlpMixer(**DIST_ARCH)).train()
-
-
-@contextlib.contextmanager
-def dist_group(rank: int, port: int, world: int, timeout_s: float) -> Iterator[None]:
-    """A distributed test's worker inside the gloo process group on 127.0.0.1:port (one intra-op thread); the group
-    is destroyed on exit, whatever happened."""
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def save_rank_results(
-    rank: int, out_dir: str, backends: tuple[str, ...], world: int, global_batch: int, run: Callable
-) -> None:
-    """Per backend: run(x, y) on this rank's share of dist_batch(global_batch); its result, or the traceback of its
-    error, saved as out_dir/<backend>_rank<rank>.pt (load_rank_results reads them back)."""
-    import fastmixer
-
-    x, y = dist_batch(global_batch)
-    shard = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
-    for backend in backends:
-        try:
-            with fastmixer.use_backend(backend):
-                result = run(x[shard], y[shard])
-        except Exception:
-            result = traceback.format_exc()
-        torch.save(result, os.path.join(out_dir, f"{backend}_rank{rank}.pt"))
-
-
-def load_rank_results(out_dir, backends: tuple[str, ...], world: int) -> dict[str, list]:
-    """{backend: [rank 0 result, rank 1 result, ...]} as save_rank_results wrote them (results or traceback strings)."""
-    return {
-        b: [torch.load(Path(out_dir) / f"{b}_rank{r}.pt", weights_only=False) for r in range(world)] for b in backends
-    }
-
-
-def rank_results(results: dict[str, list], backend: str, what: str) -> list[dict]:
-    """The ranks' results on `backend`, each checked to be a result (not a worker's traceback); skips a backend the
-    workers did not run (triton on CPU without TRITON_INTERPRET=1)."""
-    if backend not in results:
-        pytest.skip(
-            f"CPU {what} through the triton backend needs TRITON_INTERPRET=1 (conftest sets it only without CUDA)"
-        )
-    for r, result in enumerate(results[backend]):
-        assert isinstance(result, dict), f"rank {r} failed on the {backend} backend:\n{result}"
-    return results[backend]
-
-
-def dist_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images [n, 3, 42, 42] and labels, the same in every process."""
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(n, 3, 42, 42, generator=g), torch.arange(n) % 5
 
 
 @pytest.fixture

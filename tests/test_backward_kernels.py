@@ -7,7 +7,7 @@ shapes are tiny but awkward: S = 36/49, C = 40/72 (not powers of two), odd hidde
 import pytest
 import torch
 from conftest import DEVICE, INTERPRET
-from helpers import assert_three_way
+from helpers import assert_three_way, max_err
 
 from fastmixer import reference
 from fastmixer.kernels.channel_mix_bwd import channel_mix_bwd
@@ -56,10 +56,6 @@ def torch_autograd(kind, dout, x, params, bs):
     out = REF[kind](*leaves, eps=EPS, branch_scale=bs)
     out.backward(dout)
     return [t.grad for t in leaves]
-
-
-def max_err(a, b):
-    return (a.float() - b.float()).abs().max().item()
 
 
 def _rows(kind, case):

@@ -5,23 +5,13 @@ One spawn serves both backends (process start-up dominates the cost); every rank
 and the parent waits at most _TIMEOUT_S before it terminates the workers it started.
 """
 
+import dist
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import (
-    dist_batch,
-    dist_group,
-    dist_model,
-    load_rank_results,
-    one_thread,
-    rank_results,
-    run_ranks,
-    save_rank_results,
-)
+from helpers import one_thread
 from torch.nn.parallel import DistributedDataParallel
-
-import fastmixer
 
 WORLD = 2
 GLOBAL_BATCH = 6  # 3 images per rank
@@ -39,34 +29,25 @@ def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    with dist_group(rank, port, WORLD, 90):
-        run = lambda x, y: _grads(DistributedDataParallel(dist_model()), x, y)
-        save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, run)
+    with dist.group(rank, port, WORLD, 90):
+        run = lambda x, y: _grads(DistributedDataParallel(dist.model()), x, y)
+        dist.save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, run)
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (gradients dict or a traceback string)."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "DDP")
-    return load_rank_results(out_dir, BACKENDS, WORLD)
+    dist.run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "DDP")
+    return dist.load_rank_results(out_dir, BACKENDS, WORLD)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_ddp_gradients_equal_single_process(ddp_results, backend):
-    ranks = rank_results(ddp_results, backend, "DDP")
-    x, y = dist_batch(GLOBAL_BATCH)
-    with fastmixer.use_backend(backend):
-        single = _grads(dist_model(), x, y)
-    assert ranks[0].keys() == single.keys()
-    worst = 0.0
-    for name, g in single.items():
-        for r in range(WORLD):
-            torch.testing.assert_close(ranks[r][name], g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-        worst = max(worst, (ranks[0][name] - g).abs().max().item())
+    ranks = dist.rank_results(ddp_results, backend, "DDP")
+    single, local = dist.single_and_local(backend, GLOBAL_BATCH, WORLD, _grads)
+    worst = dist.assert_ranks_match(ranks, single)
     # Not vacuous: one rank's local gradient (its half batch alone) differs from the global one.
-    with fastmixer.use_backend(backend):
-        local = _grads(dist_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD])
     gap = max((local[n] - single[n]).abs().max().item() for n in single)
     assert gap > 1e-3
     print(

@@ -10,22 +10,12 @@ One spawn serves both backends; the parent waits at most _TIMEOUT_S before it te
 import os
 import traceback
 
+import dist
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import INTERPRET
-from helpers import (
-    dist_batch,
-    dist_group,
-    dist_model,
-    load_rank_results,
-    one_thread,
-    rank_results,
-    run_ranks,
-    save_rank_results,
-)
-
-import fastmixer
+from helpers import one_thread
 
 try:
     from torch.distributed.fsdp import fully_shard
@@ -72,7 +62,7 @@ def _shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    with dist_group(rank, port, WORLD, 120):
+    with dist.group(rank, port, WORLD, 120):
         try:  # can this torch run FSDP2 on CPU/gloo at all?
             probe = fully_shard(torch.nn.Linear(4, 4))
             probe(torch.randn(2, 4)).sum().backward()
@@ -80,43 +70,33 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except Exception:
             torch.save(traceback.format_exc(), os.path.join(out_dir, f"probe_rank{rank}.pt"))
             return
-        save_rank_results(rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, lambda x, y: _train(_shard(dist_model()), x, y))
+        dist.save_rank_results(
+            rank, out_dir, BACKENDS, WORLD, GLOBAL_BATCH, lambda x, y: _train(_shard(dist.model()), x, y)
+        )
 
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     """Spawn the 2 ranks once; {backend: [rank 0 result, rank 1 result]} (dicts or traceback strings)."""
     out_dir = tmp_path_factory.mktemp("fsdp")
-    run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "FSDP")
+    dist.run_ranks(_worker, out_dir, WORLD, _TIMEOUT_S, "FSDP")
     probe = torch.load(out_dir / "probe_rank0.pt", weights_only=False)
     if probe != "ok":
         last = probe.strip().splitlines()[-1]
         pytest.skip(f"this torch ({torch.__version__}) cannot run FSDP2 on CPU with gloo: {last}")
-    return load_rank_results(out_dir, BACKENDS, WORLD)
+    return dist.load_rank_results(out_dir, BACKENDS, WORLD)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fsdp2_training_equals_single_process(fsdp_results, backend):
-    ranks = rank_results(fsdp_results, backend, "FSDP")
-    x, y = dist_batch(GLOBAL_BATCH)
-    with fastmixer.use_backend(backend):
-        single = _train(dist_model(), x, y)
-    worst = {}
-    for what in ("grads", "params"):
-        assert ranks[0][what].keys() == single[what].keys()
-        worst[what] = 0.0
-        for name, want in single[what].items():
-            for r in range(WORLD):
-                torch.testing.assert_close(
-                    ranks[r][what][name], want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name, w=what: f"{w} {n}: {m}"
-                )
-            worst[what] = max(worst[what], (ranks[0][what][name] - want).abs().max().item())
+    ranks = dist.rank_results(fsdp_results, backend, "FSDP")
+    one_step = lambda model, x, y: _train(model, x, y, steps=1)
+    single, local = dist.single_and_local(backend, GLOBAL_BATCH, WORLD, _train, one_step)
+    worst = {w: dist.assert_ranks_match([r[w] for r in ranks], single[w], f"{w} ") for w in ("grads", "params")}
     # Not vacuous: training moved the weights, and one rank's half batch alone gives other gradients.
-    start = dict(dist_model().named_parameters())
+    start = dict(dist.model().named_parameters())
     moved = max((single["params"][n] - start[n].detach()).abs().max().item() for n in start)
     assert moved > 1e-3
-    with fastmixer.use_backend(backend):
-        local = _train(dist_model(), x[: GLOBAL_BATCH // WORLD], y[: GLOBAL_BATCH // WORLD], steps=1)
     gap = max((local["grads"][n] - single["grads"][n]).abs().max().item() for n in single["grads"])
     assert gap > 1e-3
     print(
