@@ -150,32 +150,34 @@ def fused_impl(name: str) -> Callable[..., object] | None:
     return _IMPLS.get(name)
 
 
+# The fused ops' flat schema: MixArgs' tensors (branch_scale optional), then eps, allow_tf32 and act; the backward ops
+# take the upstream gradient dout first. The Python side packs the tensors back into one MixArgs (_split).
+_MIX_SCHEMA = ", ".join(f"Tensor{'?' if f == 'branch_scale' else ''} {f}" for f in MixArgs._fields)
+_MIX_SCHEMA += ", float eps, bool allow_tf32, str act='gelu'"
+
+
+def _split(flat: tuple) -> tuple[MixArgs, dict[str, object]]:
+    """A fused op's flat arguments (the dispatcher may leave out a trailing default act) -> (MixArgs, the launcher's
+    keywords eps, allow_tf32, act)."""
+    n = len(MixArgs._fields)
+    eps, allow_tf32, *act = flat[n:]
+    return MixArgs(*flat[:n]), dict(eps=eps, allow_tf32=allow_tf32, act=act[0] if act else "gelu")
+
+
 def _fwd_op(kind: str):
-    def impl(
-        x: Tensor,
-        ln_weight: Tensor,
-        ln_bias: Tensor,
-        fc1_weight: Tensor,
-        fc1_bias: Tensor,
-        fc2_weight: Tensor,
-        fc2_bias: Tensor,
-        branch_scale: Tensor | None,
-        eps: float,
-        allow_tf32: bool,
-        act: str = "gelu",
-    ) -> Tensor:
+    def impl(*flat) -> Tensor:
         # The launcher checks its arguments (fastmixer.mix_args, kernel dtypes) and makes them dense.
-        args = (x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-        return _launch(kind, *args, eps=eps, allow_tf32=allow_tf32, act=act)
+        args, kw = _split(flat)
+        return _launch(kind, args, **kw)
+
+    def fake(*flat) -> Tensor:
+        # [B, S, C], contiguous, in promote(x, weights) dtype: what the launchers return.
+        args, _ = _split(flat)
+        return args.x.new_empty(args.x.shape, dtype=_out_dtype(args.x, args.fc1_weight))
 
     _IMPLS[f"{kind}_mix"] = impl
-    op = torch.library.custom_op(f"fastmixer::{kind}_mix", impl, mutates_args=())
-
-    @op.register_fake
-    def _(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale, eps, allow_tf32, act="gelu"):
-        # [B, S, C], contiguous, in promote(x, weights) dtype: what the launchers return.
-        return x.new_empty(x.shape, dtype=_out_dtype(x, fc1_weight))
-
+    op = torch.library.custom_op(f"fastmixer::{kind}_mix", impl, mutates_args=(), schema=f"({_MIX_SCHEMA}) -> Tensor")
+    op.register_fake(fake)
     return op
 
 
@@ -192,44 +194,19 @@ def _launch_bwd(kind: str, *args, **kwargs) -> tuple[Tensor, ...]:
 
 
 def _bwd_op(kind: str):
-    def impl(
-        dout: Tensor,
-        x: Tensor,
-        ln_weight: Tensor,
-        ln_bias: Tensor,
-        fc1_weight: Tensor,
-        fc1_bias: Tensor,
-        fc2_weight: Tensor,
-        fc2_bias: Tensor,
-        branch_scale: Tensor | None,
-        eps: float,
-        allow_tf32: bool,
-        act: str = "gelu",
-    ) -> list[Tensor]:
+    def impl(dout: Tensor, *flat) -> list[Tensor]:
         # -> [dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias], each in its input's dtype
-        args = (dout, x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-        return list(_launch_bwd(kind, *args, eps=eps, allow_tf32=allow_tf32, act=act))
+        args, kw = _split(flat)
+        return list(_launch_bwd(kind, dout, *args, **kw))
+
+    def fake(dout: Tensor, *flat) -> list[Tensor]:
+        args, _ = _split(flat)
+        return [torch.empty_like(t) for t in args[:-1]]  # all but branch_scale
 
     _IMPLS[f"{kind}_mix_bwd"] = impl
-    op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=())
-
-    @op.register_fake
-    def _(
-        dout,
-        x,
-        ln_weight,
-        ln_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        branch_scale,
-        eps,
-        allow_tf32,
-        act="gelu",
-    ):
-        return [torch.empty_like(t) for t in (x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
-
+    schema = f"(Tensor dout, {_MIX_SCHEMA}) -> Tensor[]"
+    op = torch.library.custom_op(f"fastmixer::{kind}_mix_bwd", impl, mutates_args=(), schema=schema)
+    op.register_fake(fake)
     return op
 
 
@@ -313,53 +290,52 @@ def _mix(kind: str, args: MixArgs, eps: float, act: str) -> Tensor:
         return op(*args, eps, _allow_tf32(), act)  # the custom op's flat schema: MixArgs' tensors, eps, tf32, act
 
 
-def token_mix(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    *,
-    eps: float = 1e-6,
-    branch_scale: Tensor | None = None,
-    act: str = "gelu",
-) -> Tensor:
+def _public_mix(kind: str, doc: str) -> Callable[..., Tensor]:
+    """The public `{kind}_mix(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, *, eps=1e-6,
+    branch_scale=None, act="gelu")`: one signature for both ops, each with its own docstring."""
+
+    def mix(
+        x: Tensor,
+        ln_weight: Tensor,
+        ln_bias: Tensor,
+        fc1_weight: Tensor,
+        fc1_bias: Tensor,
+        fc2_weight: Tensor,
+        fc2_bias: Tensor,
+        *,
+        eps: float = 1e-6,
+        branch_scale: Tensor | None = None,
+        act: str = "gelu",
+    ) -> Tensor:
+        args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+        return _mix(kind, args, eps, act)
+
+    mix.__name__ = mix.__qualname__ = f"{kind}_mix"
+    mix.__doc__ = doc
+    return mix
+
+
+token_mix = _public_mix(
+    "token",
     """Fused token-mixing sub-block: x + s * fc2(GELU(fc1(LN(x)^T)))^T.
 
     x [B, S, C]; ln_* [C]; fc1_weight [Dt, S]; fc1_bias [Dt]; fc2_weight [S, Dt]; fc2_bias [S];
     branch_scale [B] (per-sample stochastic-depth factor, optional) -> [B, S, C] in x's dtype (autocast: promoted).
     act: "gelu" (exact erf, nn.GELU()) or "gelu_tanh" (nn.GELU(approximate="tanh")). Dtypes: fastmixer.mix_args.
-    One kernel on the triton backend: LN stats, LN, both GEMMs, GELU, biases and the residual are fused, and no
-    transposed copy of x is made.
-    """
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    return _mix("token", args, eps, act)
-
-
-def channel_mix(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    *,
-    eps: float = 1e-6,
-    branch_scale: Tensor | None = None,
-    act: str = "gelu",
-) -> Tensor:
+    On the triton backend: a per-token LN statistics pass, then one kernel fusing LN, both GEMMs, GELU, biases and
+    the residual (S > 256: GEMM 1 and GEMM 2 with the epilogue as two kernels); no transposed copy of x is made.
+    """,
+)
+channel_mix = _public_mix(
+    "channel",
     """Fused channel-mixing sub-block: x + s * fc2(GELU(fc1(LN(x)))).
 
     x [B, S, C]; ln_* [C]; fc1_weight [Dc, C]; fc1_bias [Dc]; fc2_weight [C, Dc]; fc2_bias [C];
-    branch_scale [B] (optional) -> [B, S, C]. act: "gelu" (exact erf) or "gelu_tanh". On the triton backend: GEMM1
-    with LayerNorm in its prologue and bias + GELU in its epilogue, GEMM2 with bias + residual (+ branch scale) in its
+    branch_scale [B] (optional) -> [B, S, C]. act: "gelu" (exact erf) or "gelu_tanh". On the triton backend: a
+    LayerNorm pass, then GEMM1 with bias + GELU in its epilogue and GEMM2 with bias + residual (+ branch scale) in its
     epilogue.
-    """
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    return _mix("channel", args, eps, act)
+    """,
+)
 
 
 def norm_pool(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float = 1e-6) -> Tensor:

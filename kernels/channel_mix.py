@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.mix_args import MixArgs, check_mix_args
+from fastmixer.mix_args import MixArgs, check_launch_args
 
 from . import layernorm
 from ._common import INTERPRET, dot_precision, gelu, pick_configs
@@ -278,31 +278,17 @@ def _fc2_residual_kernel(
 
 
 # ------------------------------------------------------------------------------------------------ launcher
-def channel_mix_fwd(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
-    *,
-    eps: float,
-    allow_tf32: bool,
-    act: str = "gelu",
-) -> Tensor:
+def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "gelu") -> Tensor:
     """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in three launches (LN pass, GEMM1, GEMM2).
 
-    x [B, S, C] (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] and the biases [Dc] / [C] in one dtype W
-    (x's, or another under autocast); ln_* [C] any float dtype; branch_scale [B] or None (fastmixer.mix_args has the
-    contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
-    Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). Transient: y = LN(x) [B*S, C] and the hidden
-    h [B*S, Dc], both in W; nothing is kept for backward (it recomputes from x).
+    args (fastmixer.mix_args.MixArgs, which has the contract; non-dense tensors are copied dense): x [B, S, C]
+    (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] and the biases [Dc] / [C] in one dtype W (x's, or
+    another under autocast); ln_* [C] any float dtype; branch_scale [B] or None. act: "gelu" (exact erf) or
+    "gelu_tanh". Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). Transient: y = LN(x) [B*S, C] and
+    the hidden h [B*S, Dc], both in W; nothing is kept for backward (it recomputes from x).
     """
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    check_mix_args("channel_mix_fwd", "channel", args, eps=eps, act=act, kernel=True, mixed=True)
-    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args.contiguous()
+    _, args = check_launch_args("channel_mix_fwd", "channel", args, eps=eps, act=act)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     Dc = fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.mix_args import MixArgs, check_mix_args
+from fastmixer.mix_args import MixArgs, check_launch_args
 
 _STATS_BLOCK_R = 8  # token rows per stats program
 _STATS_MAX_K = 512  # channel chunk of the stats pass: [8, 512] fp32 = 32 registers/thread at 4 warps
@@ -414,14 +414,7 @@ def _stats_block_k(C: int) -> int:
 
 
 def token_mix_fwd(
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
+    args: MixArgs,
     *,
     eps: float,
     allow_tf32: bool,
@@ -429,18 +422,17 @@ def token_mix_fwd(
     route: str | None = None,
     split: bool | None = None,
 ) -> Tensor:
-    """Fused token mixing: x [B, S, C] (fp32/fp16/bf16); ln_* [C]; fc1_weight [Dt, S], fc1_bias [Dt],
-    fc2_weight [S, Dt], fc2_bias [S] in the matmul dtype W; branch_scale None or [B] (fastmixer.mix_args has the
-    contract; non-dense tensors are copied dense). act: "gelu" (exact erf) or "gelu_tanh".
+    """Fused token mixing. args (fastmixer.mix_args.MixArgs, which has the contract; non-dense tensors are copied
+    dense): x [B, S, C] (fp32/fp16/bf16); ln_* [C]; fc1_weight [Dt, S], fc1_bias [Dt], fc2_weight [S, Dt],
+    fc2_bias [S] in the matmul dtype W; branch_scale None or [B]. act: "gelu" (exact erf) or "gelu_tanh".
     Returns u = x + s * (W2 GELU(W1 LN(x)^T + b1) + b2)^T as a new contiguous [B, S, C] in promote(X, W).
     S <= 256: two launches (per-token LN stats, then everything else fused); S > 256: three (stats, GEMM 1 writing
     H^T [B, C, Dt] in W, GEMM 2 with the epilogue). route: None picks by dtype ("fma" for fp32 at ieee precision,
     else "mma"); split: None picks by S. Tests force both to cover every kernel."""
     if route not in (None, *_ROUTES):
         raise ValueError(f"token_mix_fwd: route must be one of {_ROUTES} or None, got {route!r}")
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
-    check_mix_args("token_mix_fwd", "token", args, eps=eps, act=act, kernel=True, mixed=True)
-    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args.contiguous()
+    _, args = check_launch_args("token_mix_fwd", "token", args, eps=eps, act=act)
+    x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
     Dt = fc1_weight.shape[0]
     w_dtype = fc1_weight.dtype

@@ -21,6 +21,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from fastmixer.mix_args import MixArgs
+
 
 @dataclasses.dataclass
 class Compile:
@@ -155,7 +157,7 @@ def launch_cases(module: str) -> list[tuple[str, Callable[[], Any]]]:
             args, kw = mix_args(module.split("_")[0], route, shape, scale=scale)
             launcher = getattr(mod, f"{module}_fwd")
             kw["act"] = case.act
-            cases.append((label, lambda launcher=launcher, args=args, kw=kw: launcher(*args, **kw)))
+            cases.append((label, lambda launcher=launcher, args=args, kw=kw: launcher(MixArgs(*args), **kw)))
         elif module in ("token_mix_bwd", "channel_mix_bwd"):
             args, kw = mix_args(module.split("_")[0], route, shape, scale=scale)
             dout = torch.empty(args[0].shape, dtype=args[0].dtype)

@@ -15,6 +15,7 @@ from helpers import assert_three_way
 import fastmixer
 from fastmixer import ops
 from fastmixer.kernels import channel_mix as cm
+from fastmixer.mix_args import MixArgs
 from fastmixer.reference import channel_mix_ref
 
 EPS = 1e-6
@@ -54,7 +55,7 @@ def branch_scale(B: int) -> torch.Tensor:
 
 
 def run(args, s=None, allow_tf32=False):
-    return cm.channel_mix_fwd(*args, s, eps=EPS, allow_tf32=allow_tf32)
+    return cm.channel_mix_fwd(MixArgs(*args, s), eps=EPS, allow_tf32=allow_tf32)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def test_launcher_rejects_what_it_cannot_run():
     with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 .*reference path"):
         run([x.double(), ln_w, ln_b, w1, b1, w2, b2])
     with pytest.raises(ValueError, match="act must be one of"):
-        cm.channel_mix_fwd(x, ln_w, ln_b, w1, b1, w2, b2, None, eps=EPS, allow_tf32=False, act="relu")
+        cm.channel_mix_fwd(MixArgs(x, ln_w, ln_b, w1, b1, w2, b2), eps=EPS, allow_tf32=False, act="relu")
 
 
 def test_launcher_takes_strided_inputs():

@@ -14,6 +14,7 @@ from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 import fastmixer
 from fastmixer import MlpMixer, ops, reference
 from fastmixer.bench.launches import count_launches, record_launches
+from fastmixer.mix_args import MixArgs
 
 BACKENDS = ["reference", "triton"]
 B, S, C, D = 3, 6, 8, 5
@@ -215,8 +216,7 @@ def test_launchers_refuse_float64_naming_the_route(launcher):
     }
     fn = fns[launcher]
     kind = launcher.split("_")[0]
-    args = list(_args(kind, torch.float64).values())
-    if launcher.endswith("bwd"):
-        args = [torch.ones_like(args[0], dtype=torch.float32), *args]
+    args = MixArgs(**_args(kind, torch.float64))
+    call = (torch.ones_like(args.x, dtype=torch.float32), *args) if launcher.endswith("bwd") else (args,)
     with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 \(float64 runs on the reference path"):
-        fn(*args, None, eps=1e-6, allow_tf32=False)
+        fn(*call, eps=1e-6, allow_tf32=False)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from conftest import DEVICE
-from helpers import assert_three_way, randomize_
+from helpers import assert_three_way, max_err, randomize_
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
@@ -29,15 +29,12 @@ from fastmixer.kernels.channel_mix import channel_mix_fwd
 from fastmixer.kernels.channel_mix_bwd import channel_mix_bwd
 from fastmixer.kernels.token_mix import token_mix_fwd
 from fastmixer.kernels.token_mix_bwd import token_mix_bwd
+from fastmixer.mix_args import MixArgs
 
 ACTS = ["gelu", "gelu_tanh"]
 APPROX = {"gelu": "none", "gelu_tanh": "tanh"}
 EPS = 1e-6
 TINY = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)  # S = 36, C = 40, Dt 20, Dc 160
-
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
 
 
 # ------------------------------------------------------------------------------------------------ the jit helpers
@@ -100,7 +97,7 @@ def test_fused_forward_fp32(kind, act):
     assert max_err(ref, other) > 1e-4  # the activation shows at these inputs
     for route in routes:
         extra = {} if route is None else {"route": route}
-        out = FWD[kind](*args, bs, eps=EPS, allow_tf32=False, act=act, **extra)
+        out = FWD[kind](MixArgs(*args, bs), eps=EPS, allow_tf32=False, act=act, **extra)
         err = max_err(out, ref)
         print(f"{kind} {act} {route}: fused vs reference fp32 max abs err {err:.3g}")
         assert err <= 1e-5, (route, err)
@@ -112,7 +109,7 @@ def test_fused_forward_fp16_tanh_three_way(kind):
     *args, bs = _op_inputs(kind)
     low = [t.half() for t in args]
     oracle = REF[kind](*(t.float() for t in low), eps=EPS, branch_scale=bs, act="gelu_tanh")
-    ours = FWD[kind](*low, bs, eps=EPS, allow_tf32=False, act="gelu_tanh")
+    ours = FWD[kind](MixArgs(*low, bs), eps=EPS, allow_tf32=False, act="gelu_tanh")
     theirs = REF[kind](*low, eps=EPS, branch_scale=bs, act="gelu_tanh")
     assert ours.dtype == torch.float16
     err_ours, err_torch = assert_three_way(ours, oracle, theirs, "op_eps", what=f"{kind} gelu_tanh fp16")

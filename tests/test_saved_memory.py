@@ -9,23 +9,15 @@ save exactly the same storages, and on CUDA the B/16 measurement runs the real k
 import pytest
 import torch
 from conftest import DEVICE, HAS_CUDA
-from helpers import randomize_
+from helpers import launch_reference, randomize_
 from timm.models.mlp_mixer import MixerBlock as TimmMixerBlock
 from torch import nn
 
 import fastmixer
-from fastmixer import ops, reference
+from fastmixer import ops
 from fastmixer.bench.memory import saved_bytes, saved_tensors_report
 
 B16_DIM, B16_TOKENS = 768, 196  # Mixer-B/16 at 224: C = 768, S = 14 * 14
-
-
-def _reference_launch(kind, x, ln_w, ln_b, w1=None, b1=None, w2=None, b2=None, branch_scale=None, *, eps, **_):
-    """Stand-in for ops._launch: the reference forward with the launchers' signature (allow_tf32 ignored)."""
-    if kind == "pool":
-        return reference.norm_pool_ref(x, ln_w, ln_b, eps=eps)
-    ref = reference.token_mix_ref if kind == "token" else reference.channel_mix_ref
-    return ref(x, ln_w, ln_b, w1, b1, w2, b2, eps=eps, branch_scale=branch_scale)
 
 
 def _storage_nbytes(t):
@@ -112,7 +104,7 @@ def _check_ratio(ours_report, timm_report, x, label):
 
 
 def test_b16_block_saves_at_most_0p6_of_timm(monkeypatch):
-    monkeypatch.setattr(ops, "_launch", _reference_launch)
+    monkeypatch.setattr(ops, "_launch", launch_reference)
     ours, theirs, x = _measure_blocks(B16_DIM, B16_TOKENS, batch=2, device=DEVICE)
     _check_ratio(ours, theirs, x, "B/16, custom ops with reference forward")
 
@@ -129,7 +121,7 @@ def test_real_kernels_save_what_the_stand_in_saves(monkeypatch):
     x = torch.randn(3, 36, 40, device=DEVICE, requires_grad=True)
     with fastmixer.use_backend("triton"):
         real = saved_tensors_report(ours, x)
-        monkeypatch.setattr(ops, "_launch", _reference_launch)
+        monkeypatch.setattr(ops, "_launch", launch_reference)
         stand_in = saved_tensors_report(ours, x)
     assert real.tensors == stand_in.tensors
     assert real.activation_bytes == stand_in.activation_bytes > 0

@@ -23,10 +23,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICE, INTERPRET
-from helpers import assert_three_way
+from helpers import assert_three_way, max_err
 
 import fastmixer
 from fastmixer.kernels import token_mix as tm
+from fastmixer.mix_args import MixArgs
 from fastmixer.reference import token_mix_ref
 
 EPS = 1e-6
@@ -71,15 +72,11 @@ def upcast(args: dict) -> dict:
 def run_ours(
     args: dict, *, route: str | None = None, allow_tf32: bool = False, split: bool | None = None
 ) -> torch.Tensor:
-    return tm.token_mix_fwd(**args, eps=EPS, allow_tf32=allow_tf32, route=route, split=split)
+    return tm.token_mix_fwd(MixArgs(**args), eps=EPS, allow_tf32=allow_tf32, route=route, split=split)
 
 
 def run_ref(args: dict) -> torch.Tensor:
     return token_mix_ref(**args, eps=EPS)
-
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
 
 
 # ------------------------------------------------------------------------------------------------ fp32

@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 from conftest import DEVICE, HAS_CUDA, INTERPRET
-from helpers import assert_three_way, randomize_
+from helpers import assert_three_way, launch_reference, max_err, randomize_
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
-from fastmixer import MlpMixer, ops, reference
+from fastmixer import MlpMixer, ops
 
 TINY = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40)  # S = 36, C = 40, Dt 20, Dc 160
 # Tests that run several forwards through the interpreter: S = 25, C = 20, Dt 10, Dc 80 (each interpreted launch costs
@@ -68,10 +68,6 @@ def _run(model, x, seed=None):
     return out.detach(), grads
 
 
-def _max_err(a, b):
-    return (a.float() - b.float()).abs().max().item()
-
-
 def _assert_close_all(ours, theirs, rtol, what):
     """Every tensor within rtol * (its reference's max magnitude) + a floor of rtol * 1e-2 * the largest magnitude of
     all (gradients that cancel to ~0 by structure, e.g. the token fc2 bias before a LayerNorm, are rounding noise)."""
@@ -84,7 +80,7 @@ def _assert_close_all(ours, theirs, rtol, what):
     assert scales["logits"] > 0 and scales["input"] > 0, f"{what}: zero reference, the comparison would be vacuous"
     floor = rtol * 1e-2 * max(scales.values())
     for name, a, b in rows:
-        err = _max_err(a, b)
+        err = max_err(a, b)
         assert err <= rtol * scales[name] + floor, f"{what}: {name} max err {err:.3g} (ref max {scales[name]:.3g})"
 
 
@@ -131,15 +127,6 @@ def _mix_args(kind, dtype=torch.float64, batch=2, tokens=6, dim=5, hidden=4, dev
     return [a.requires_grad_(True) for a in args]
 
 
-def _launch_reference(kind, x, ln_w, ln_b, w1=None, b1=None, w2=None, b2=None, branch_scale=None, *, eps, **_):
-    """Stand-in for the Triton launchers (ops._launch): the reference forward, so the custom op's registered backward
-    can be gradchecked in float64 without relying on fp64 kernels."""
-    if kind == "pool":
-        return reference.norm_pool_ref(x, ln_w, ln_b, eps=eps)
-    ref = reference.token_mix_ref if kind == "token" else reference.channel_mix_ref
-    return ref(x, ln_w, ln_b, w1, b1, w2, b2, eps=eps, branch_scale=branch_scale)
-
-
 _BRANCH_SCALE = torch.tensor([0.0, 1.0 / 0.7], dtype=torch.float64)  # one dropped sample, one kept (keep = 0.7)
 
 
@@ -173,7 +160,7 @@ def _gradcheck_custom_op(kind, scaled, device):
 @pytest.mark.parametrize("scaled", [False, True], ids=["plain", "drop_path"])
 def test_gradcheck_custom_op_backward_float64(kind, scaled, monkeypatch):
     """The custom op's setup_context + registered backward against finite differences (forward = reference math)."""
-    monkeypatch.setattr(ops, "_launch", _launch_reference)
+    monkeypatch.setattr(ops, "_launch", launch_reference)  # forward = reference math: gradcheck in float64
     _gradcheck_custom_op(kind, scaled, "cpu")
 
 
