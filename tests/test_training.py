@@ -4,7 +4,7 @@ train/eval, torch.compile with backward, opcheck with gradients, and a 30-step S
 
 Everything goes through the public model/ops, so it tests whatever backward the custom ops have wired in. Shapes are
 tiny and odd for the interpreter: TINY (S = 36, C = 40) for the gradient comparisons, MICRO (S = 25, C = 20) where a
-test runs many interpreted forwards. On CPU one intra-op thread is used (see _one_thread).
+test runs many interpreted forwards. On CPU one intra-op thread is used (helpers.one_thread).
 """
 
 import math
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from conftest import DEVICE, HAS_CUDA, INTERPRET
-from helpers import assert_three_way, launch_reference, max_err, randomize_
+from helpers import assert_three_way, launch_reference, max_err, one_thread, randomize_
 from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
 import fastmixer
@@ -24,14 +24,7 @@ TINY = dict(num_classes=5, img_size=42, patch_size=7, num_blocks=2, embed_dim=40
 MICRO = dict(num_classes=5, img_size=35, patch_size=7, num_blocks=2, embed_dim=20)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread is faster, and on a shared 2-core machine two spinning threads per process
-    slow every step down by 10x or more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(params=["reference", "triton"])
