@@ -164,6 +164,32 @@ def test_report_rows_are_consistent():
             assert occ["ctas_per_sm"] >= 1, where
 
 
+FORWARD_MODULES = ("channel_mix", "token_mix", "layernorm", "norm_pool")
+
+
+def test_forward_matrix_work_is_wgmma_on_sm90():
+    """Every forward kernel with a tl.dot, at every config, dtype route and shape the launchers can pick, built for
+    sm_90: all its MMA on HGMMA (no mma.sync HMMA), fitting, no spills. The fp32 "ieee" route (FMA units) is exempt:
+    torch's own fp32 matmul does not use tensor cores there either."""
+    if REPORT is None:
+        pytest.skip("no report")
+    rows = [
+        r
+        for r in REPORT["builds"]
+        if r["arch"] == 90 and r["module"].rsplit(".", 1)[-1] in FORWARD_MODULES and (r["sass"] or {}).get("ir_dots")
+    ]
+    kernels = {r["kernel"] for r in rows if r["route"] != "fp32"}
+    assert {"_fc1_gelu_kernel", "_fc2_residual_kernel", "_token_mix_fwd_kernel"} <= kernels, sorted(kernels)
+    for r in rows:
+        where = f"{r['name']} sm_90"
+        assert r["status"] == "ok" and r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{where}: {r['problems']}"
+        counts = r["sass"]["counts"]
+        if r["route"] == "fp32":
+            assert counts["HGMMA"] == counts["HMMA"] == 0 and counts["FFMA"] > 0, where
+        else:
+            assert counts["HMMA"] == 0 and counts["HGMMA"] > 0, f"{where}: {counts}"
+
+
 # ------------------------------------------------------------------------------------------------ the checker itself
 # Real builds of the small GEMM in aot._selftest_specs: the checks must pass a fitting kernel and catch a spilling one
 # and one that overflows shared memory (otherwise the tests above could not fail).
