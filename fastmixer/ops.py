@@ -197,7 +197,7 @@ def _bwd_op(kind: str):
     def impl(dout: Tensor, *flat) -> list[Tensor]:
         # -> [dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias], each in its input's dtype
         args, kw = _split(flat)
-        return list(_launch_bwd(kind, dout, *args, **kw))
+        return list(_launch_bwd(kind, dout, args, **kw))
 
     def fake(dout: Tensor, *flat) -> list[Tensor]:
         args, _ = _split(flat)

@@ -273,24 +273,11 @@ def _wgrad_launch(
 
 
 def token_mix_bwd(
-    dout: Tensor,
-    x: Tensor,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor,
-    branch_scale: Tensor | None,
-    *,
-    eps: float,
-    allow_tf32: bool,
-    act: str = "gelu",
+    dout: Tensor, args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "gelu"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of token_mix: dout, x [B, S, C]; fc1_weight [Dt, S]; fc2_weight [S, Dt]; branch_scale [B] or None;
-    act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias),
-    each in its input's dtype."""
-    args = MixArgs(x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    """Gradients of token_mix: dout [B, S, C]; args (fastmixer.mix_args.MixArgs): x [B, S, C], fc1_weight [Dt, S],
+    fc2_weight [S, Dt], branch_scale [B] or None; act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias,
+    d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
     dout, args = check_launch_args("token_mix_bwd", "token", args, eps=eps, act=act, dout=dout)
     x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape

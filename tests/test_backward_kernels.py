@@ -12,6 +12,7 @@ from helpers import assert_three_way, max_err
 from fastmixer import reference
 from fastmixer.kernels.channel_mix_bwd import channel_mix_bwd
 from fastmixer.kernels.token_mix_bwd import token_mix_bwd
+from fastmixer.mix_args import MixArgs
 
 NAMES = ("dx", "d_ln_weight", "d_ln_bias", "d_fc1_weight", "d_fc1_bias", "d_fc2_weight", "d_fc2_bias")
 BWD = {"token": token_mix_bwd, "channel": channel_mix_bwd}
@@ -39,7 +40,7 @@ def make_case(kind, shape, x_dtype=torch.float32, w_dtype=None, scale=False):
 
 
 def ours(kind, dout, x, params, bs):
-    return BWD[kind](dout, x, *params, bs, eps=EPS, allow_tf32=False)
+    return BWD[kind](dout, MixArgs(x, *params, bs), eps=EPS, allow_tf32=False)
 
 
 def closed_form(kind, dout, x, params, bs):
@@ -179,20 +180,20 @@ def test_b16_block_shape(kind):
 def test_bad_arguments():
     dout, x, params, _ = make_case("channel", SHAPES[1])
     with pytest.raises(ValueError, match="dout must have x's shape"):
-        channel_mix_bwd(dout[:, :-1], x, *params, None, eps=EPS, allow_tf32=False)
+        channel_mix_bwd(dout[:, :-1], MixArgs(x, *params), eps=EPS, allow_tf32=False)
     with pytest.raises(ValueError, match="fc1_weight must have shape"):
-        token_mix_bwd(dout, x, *params, None, eps=EPS, allow_tf32=False)  # channel-shaped weights for token mixing
+        token_mix_bwd(dout, MixArgs(x, *params), eps=EPS, allow_tf32=False)  # channel-shaped weights for token mixing
     with pytest.raises(ValueError, match="branch_scale must have shape"):
-        channel_mix_bwd(dout, x, *params, torch.ones(5, device=DEVICE), eps=EPS, allow_tf32=False)
+        channel_mix_bwd(dout, MixArgs(x, *params, torch.ones(5, device=DEVICE)), eps=EPS, allow_tf32=False)
     with pytest.raises(TypeError, match="x must be floating point"):
-        channel_mix_bwd(dout, x.to(torch.int32), *params, None, eps=EPS, allow_tf32=False)
+        channel_mix_bwd(dout, MixArgs(x.to(torch.int32), *params), eps=EPS, allow_tf32=False)
     with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 .*reference path"):
-        token_mix_bwd(dout, x.double(), *make_case("token", SHAPES[1])[2], None, eps=EPS, allow_tf32=False)
+        token_mix_bwd(dout, MixArgs(x.double(), *make_case("token", SHAPES[1])[2]), eps=EPS, allow_tf32=False)
     with pytest.raises(TypeError, match="dout must be float32/float16/bfloat16"):
-        channel_mix_bwd(dout.double(), x, *params, None, eps=EPS, allow_tf32=False)
+        channel_mix_bwd(dout.double(), MixArgs(x, *params), eps=EPS, allow_tf32=False)
     with pytest.raises(ValueError, match="act must be one of"):
-        channel_mix_bwd(dout, x, *params, None, eps=EPS, allow_tf32=False, act="tanh")
+        channel_mix_bwd(dout, MixArgs(x, *params), eps=EPS, allow_tf32=False, act="tanh")
     bad = list(params)
     bad[3] = bad[3].half()
     with pytest.raises(TypeError, match="fc1_bias must have fc1_weight's dtype"):
-        channel_mix_bwd(dout, x, *bad, None, eps=EPS, allow_tf32=False)
+        channel_mix_bwd(dout, MixArgs(x, *bad), eps=EPS, allow_tf32=False)

@@ -217,6 +217,6 @@ def test_launchers_refuse_float64_naming_the_route(launcher):
     fn = fns[launcher]
     kind = launcher.split("_")[0]
     args = MixArgs(**_args(kind, torch.float64))
-    call = (torch.ones_like(args.x, dtype=torch.float32), *args) if launcher.endswith("bwd") else (args,)
+    dout = [torch.ones_like(args.x, dtype=torch.float32)] if launcher.endswith("bwd") else []
     with pytest.raises(TypeError, match=r"x must be float32/float16/bfloat16 \(float64 runs on the reference path"):
-        fn(*call, eps=1e-6, allow_tf32=False)
+        fn(*dout, args, eps=1e-6, allow_tf32=False)

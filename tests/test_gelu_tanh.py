@@ -126,7 +126,7 @@ def test_fused_backward_fp32_tanh(kind):
     farther away than that (non-vacuity)."""
     *args, bs = _op_inputs(kind, B=3)
     dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    got = BWD[kind](dout, *args, bs, eps=EPS, allow_tf32=False, act="gelu_tanh")
+    got = BWD[kind](dout, MixArgs(*args, bs), eps=EPS, allow_tf32=False, act="gelu_tanh")
     cf = reference.mix_backward_ref(kind, dout, *args, eps=EPS, branch_scale=bs, act="gelu_tanh")
     cf_erf = reference.mix_backward_ref(kind, dout, *args, eps=EPS, branch_scale=bs, act="gelu")
     leaves = [t.detach().clone().requires_grad_(True) for t in args]
