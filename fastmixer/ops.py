@@ -275,9 +275,9 @@ def _mix(kind: str, args: MixArgs, eps: float, act: str) -> Tensor:
     x = args.x
     mm_dtype = _autocast_dtype(x) if isinstance(x, Tensor) else None
     check_mix_args(f"{kind}_mix", kind, args, eps=eps, act=act, kernel=False, mixed=mm_dtype is not None)
-    backend = resolve_backend(x)
+    backend, allow_tf32 = resolve_backend(x), _allow_tf32()
     if backend == "triton" and selection.applies(x, get_backend()):  # auto on CUDA: the faster path (select.py)
-        backend = selection.choose(kind, args, eps=eps, act=act, mm_dtype=mm_dtype, allow_tf32=_allow_tf32())
+        backend = selection.choose(kind, args, eps=eps, act=act, mm_dtype=mm_dtype, allow_tf32=allow_tf32)
     if backend == "reference":  # includes float64
         return reference.mix_ref(kind, args, eps=eps, act=act)
     if mm_dtype is not None:  # autocast: the GEMMs run in the autocast dtype; the residual stream keeps x's dtype
@@ -287,7 +287,7 @@ def _mix(kind: str, args: MixArgs, eps: float, act: str) -> Tensor:
     # the stem's output is a transposed view; the kernels (and the saved input) need x [B, S, C] dense
     args = args._replace(x=x.contiguous())
     with torch.autocast(x.device.type, enabled=False):
-        return op(*args, eps, _allow_tf32(), act)  # the custom op's flat schema: MixArgs' tensors, eps, tf32, act
+        return op(*args, eps, allow_tf32, act)  # the custom op's flat schema: MixArgs' tensors, eps, tf32, act
 
 
 def _public_mix(kind: str, doc: str) -> Callable[..., Tensor]:

@@ -236,6 +236,19 @@ def _token_mix_fwd_kernel(
 
 
 @triton.jit
+def _image_tile(pid, ROWS, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Split-route program id -> (image b, its row offsets [BLOCK_R], channel offsets [BLOCK_C]) on a 1-D grid of
+    B * cdiv(ROWS, BLOCK_R) * cdiv(C, BLOCK_C), c-tiles fastest (neighbouring programs share their weight rows)."""
+    n_ct = tl.cdiv(C, BLOCK_C)
+    n_rt = tl.cdiv(ROWS, BLOCK_R)
+    b = pid // (n_ct * n_rt)
+    rest = pid % (n_ct * n_rt)
+    offs_r = (rest // n_ct) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = (rest % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return b, offs_r, offs_c
+
+
+@triton.jit
 def _token_fc1_kernel(
     X,  # [B, S, C] input; dtype X, contiguous
     STATS,  # [2, B*S] fp32: per-token mean, rstd
@@ -258,13 +271,7 @@ def _token_fc1_kernel(
     # Split route, GEMM 1 per image: A[d, c] = sum_s W1[d, s] LN(x[b])[s, c] + b1[d]; H = GELU(A) stored transposed
     # (H^T[b, c, d], hidden units contiguous) so that GEMM 2 reads it K-major. Grid: B * cdiv(DT, BLOCK_D) *
     # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
-    pid = tl.program_id(0)
-    n_ct = tl.cdiv(C, BLOCK_C)
-    n_dt = tl.cdiv(DT, BLOCK_D)
-    b = pid // (n_ct * n_dt)
-    rest = pid % (n_ct * n_dt)
-    offs_d = (rest // n_ct) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    offs_c = (rest % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    b, offs_d, offs_c = _image_tile(tl.program_id(0), DT, C, BLOCK_D, BLOCK_C)  # [BLOCK_D], [BLOCK_C]
     dmask = offs_d < DT
     cmask = offs_c < C
     img = b.to(tl.int64) * S * C
@@ -310,13 +317,7 @@ def _token_fc2_kernel(
     # Split route, GEMM 2 per image: u[b, s, c] = x[b, s, c] + s[b] * (sum_d W2[s, d] H[d, c] + b2[s]). A pure main
     # loop: both operands K-major straight from memory (W2 rows, H^T rows). Grid: B * cdiv(S, BLOCK_S) *
     # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
-    pid = tl.program_id(0)
-    n_ct = tl.cdiv(C, BLOCK_C)
-    n_st = tl.cdiv(S, BLOCK_S)
-    b = pid // (n_ct * n_st)
-    rest = pid % (n_ct * n_st)
-    offs_s = (rest // n_ct) * BLOCK_S + tl.arange(0, BLOCK_S)  # [BLOCK_S]
-    offs_c = (rest % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    b, offs_s, offs_c = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
     smask = offs_s < S
     cmask = offs_c < C
     dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else W2.dtype.element_ty
