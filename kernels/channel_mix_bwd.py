@@ -40,6 +40,8 @@ from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
 DUAL_BLOCK_M = 64
+# Every dual GEMM config's BLOCK_K divides this: C % DUAL_K_MULTIPLE == 0 lets the kernel drop its K mask (EVEN_K).
+DUAL_K_MULTIPLE = 64
 # Upper bound on programs of the row-wise kernels (their per-program column partials are [programs, C] fp32).
 _MAX_ROW_PROGRAMS = 2048
 
@@ -427,9 +429,12 @@ def reduce_partials(parts: list[tuple[Tensor, Tensor]]) -> None:
 # ------------------------------------------------------------------------------------------------ dual GEMM
 def _dual_configs(fp32: bool) -> list[triton.Config]:
     """The first config is the conservative one (the interpreter runs only it); BLOCK_M is fixed (DUAL_BLOCK_M). Two
-    fp32 accumulators per tile make this register-bound: BLOCK_K=64 spills on sm_80 even with 8 warps, and fp32
-    operands need 8 warps (or BLOCK_K=16) to stay spill-free there; every entry builds without spills and within
-    shared memory for both sm_80 and sm_90."""
+    fp32 accumulators per tile make this register-bound: fp32 operands need 8 warps (or BLOCK_K=16) to stay
+    spill-free on sm_80; every entry builds without spills and within shared memory for both sm_80 and sm_90.
+    16-bit operands: BLOCK_K=64 halves the per-step overhead (addresses, pipeline bookkeeping) per HGMMA; on sm_90
+    bf16 a step issues 159 instructions against 8 HGMMA.64x64x16 per warpgroup (issue/MMA 0.62 vs 0.96-1.02 at
+    BLOCK_K=32). Not listed: 128-row tiles on 8 warps (HGMMA.64x128, issue/MMA 0.40-0.52 on sm_90) spill on sm_80
+    in the main loop, and 64 x 128 x 64 on 4 warps (issue/MMA 0.44) needs 248-255 registers."""
     if fp32:
         return [
             triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
@@ -438,8 +443,8 @@ def _dual_configs(fp32: bool) -> list[triton.Config]:
         ]
     return [
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     ]
 
 
@@ -460,6 +465,7 @@ def _dual_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,  # C % BLOCK_K == 0 (C a multiple of DUAL_K_MULTIPLE): the K loop loads without a K mask
     DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
@@ -490,11 +496,17 @@ def _dual_gemm_kernel(
     acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_dh = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
-        kmask = (k0 + rk) < C
-        y = tl.load(y_ptrs, mask=kmask[None, :], other=0.0)
-        do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
-        w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
-        w2 = tl.load(w2_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if EVEN_K:  # no per-step K mask: ~30 fewer instructions per step (sm_90, bf16, BLOCK_K=64)
+            y = tl.load(y_ptrs)
+            do = tl.load(do_ptrs)
+            w1t = tl.load(w1_ptrs)
+            w2 = tl.load(w2_ptrs, mask=nmask[None, :], other=0.0)
+        else:
+            kmask = (k0 + rk) < C
+            y = tl.load(y_ptrs, mask=kmask[None, :], other=0.0)
+            do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
+            w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
+            w2 = tl.load(w2_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc_a += _dot(y, w1t, DOT_F32, PRECISION)
         acc_dh += _dot(do, w2, DOT_F32, PRECISION)
         y_ptrs += BLOCK_K
@@ -550,6 +562,7 @@ def channel_mix_bwd(
         D,
         BLOCK_M=DUAL_BLOCK_M,
         GROUP_M=8,
+        EVEN_K=C % DUAL_K_MULTIPLE == 0,
         DOT_F32=_f32_dot_needed(w_dtype),
         PRECISION=dot_precision(allow_tf32, w_dtype),
         ACT=act,
@@ -618,7 +631,7 @@ def gpu_build_specs() -> list[dict]:
                                       (triton.cdiv(shape.M, DUAL_BLOCK_M), D, w_dt)])  # fmt: skip
         w = Ptr(w_dt)
         dual = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DB1_PART=Ptr(torch.float32), M=shape.M, C=shape.C,
-                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, DOT_F32=False,
+                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, EVEN_K=shape.C % DUAL_K_MULTIPLE == 0, DOT_F32=False,
                     PRECISION=dot_precision(tf32, w_dt), ACT=case.act)  # fmt: skip
         for i, cfg in enumerate(_dual_configs(w_dt == torch.float32)):
             specs.add(_dual_gemm_kernel, route, shape, dual, cfg, config_index=i)
