@@ -325,10 +325,16 @@ def _dual_gemm(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=[_cdiv(m["C"], m["BLOCK_K"])], flops=2 * 2 * m["M"] * m["D"] * m["C"])  # a = y W1^T, dh = do W2
 
 
-@_kernel("_token_bwd_kernel")
-def _token_bwd(m: dict[str, Any]) -> dict[str, Any]:
-    B = m["Y"].shape[0]
-    return dict(trips=[_cdiv(m["D"], m["BLOCK_D"])], flops=3 * 2 * B * m["C"] * m["D"] * m["S"])  # a, dh, dy
+@_kernel("_token_dgrad_kernel")
+def _token_dgrad(m: dict[str, Any]) -> dict[str, Any]:
+    B = m["Y"].shape[0]  # per image: a = W1 y and dh = W2^T do, one K loop over the S tokens
+    return dict(trips=[_cdiv(m["S"], m["BLOCK_K"])], flops=2 * 2 * B * m["C"] * m["D"] * m["S"])
+
+
+@_kernel("_token_dy_kernel")
+def _token_dy(m: dict[str, Any]) -> dict[str, Any]:
+    B = m["DA"].shape[0]  # per image: dy = W1^T da, one K loop over the D hidden units
+    return dict(trips=[_cdiv(m["D"], m["BLOCK_K"])], flops=2 * B * m["C"] * m["D"] * m["S"])
 
 
 @_kernel("_wgrad_kernel")

@@ -7,21 +7,29 @@ Backward (do = s * dout[b], [S, C]):
     dW2 = sum_b do h^T [S, Dt];  dW1 = sum_b da y^T [Dt, S];  db2 = sum_{b,c} do;  db1 = sum_{b,c} da
     then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd.
 
-Launches (token_mix_bwd): 5 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
+Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
   1. channel_mix_bwd._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
      (only when dout is not already that).
-  2. _token_bwd_kernel: one program per (b, C-tile), like the forward: keeps the [S, BLOCK_C] strips of y and do in
-     registers, loops over Dt in chunks, recomputes a = W1[chunk] y (+ b1), applies GELU'(a) in the epilogue of the
-     dh = W2[:, chunk]^T do GEMM, stores h and da ([B, Dt, C] in W, for the weight gradients) and accumulates
-     dy += W1[chunk]^T da in fp32; dy [B, S, C] fp32 is written once at the end.
-  3. _wgrad_kernel, one launch for both: dW2 = sum_{b,c} do[b,s,c] h[b,d,c] (+ db2 as row sums of do) and dW1 (+ db1
+  2. _token_dgrad_kernel: per image b, one dual GEMM over K = S tokens for a [BLOCK_D, BLOCK_C] tile of [Dt, C]:
+     a = W1 y[b] and dh = W2^T do[b] (W2 read transposed: an M-major operand), two fp32 accumulators; the epilogue adds
+     b1 and stores h = GELU(a) and da = dh * GELU'(a) in W ([B, Dt, C], for the weight gradients and dy; da rounded
+     once to W, as torch does).
+  3. _token_dy_kernel: per image b, dy[b] = W1^T da[b] for a [BLOCK_S, BLOCK_C] tile of [S, C] (K = Dt, W1 read
+     transposed), stored in W: torch's rounding point (the grad of the LN output is in W under bf16 and autocast).
+  4. _wgrad_kernel, one launch for both: dW2 = sum_{b,c} do[b,s,c] h[b,d,c] (+ db2 as row sums of do) and dW1 (+ db1
      as row sums of da) = sum_{b,c} da[b,d,c] y[b,s,c]; the first programs take dW2's tiles, the rest dW1's. The
      contraction runs over (b, c), which is not one strided axis of any [B, S, C] / [B, Dt, C] layout, so cuBLAS would
      need transposed copies (or B launches); this kernel indexes the layout directly. Split-K over b: each split writes
      fp32 partials [SPLIT, P, Q] and [SPLIT, P] (SPLIT depends on shapes only).
-  4. channel_mix_bwd._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
-  5. channel_mix_bwd._reduce_partials_kernel: the six partial buffers (dg, dbeta, dW1, db1, dW2, db2) summed in a fixed
+  5. channel_mix_bwd._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
+  6. channel_mix_bwd._reduce_partials_kernel: the six partial buffers (dg, dbeta, dW1, db1, dW2, db2) summed in a fixed
      order in one launch, each stored in its parameter's dtype.
+Why 2 + 3 are split (and not one fused kernel per (b, C-tile) keeping [S, BLOCK_C] strips of y, do and dy resident,
+as before): the resident strips cap the hidden chunk at BLOCK_D = 16 rows, below the 64 rows of a Hopper warpgroup MMA,
+so that kernel ran its dots on mma.sync (HMMA), was issue-bound, and did not fit at S >= 576. Split, both kernels are
+plain GEMMs with loads + MMA only in their main loops, M >= 64 per warpgroup (wgmma) at every S; the price is one
+extra round trip of da ([B, Dt, C] in W, read back by kernel 3, hot in L2 for the most part).
+Determinism: one program per output tile, fixed-order K loops, fixed-layout partials: no atomics, bitwise repeatable.
 Per-program partials of the weight gradients inside kernel 2 would cost [B*C/BLOCK_C, S, Dt] fp32 (hundreds of MB at
 B/16 shapes), which is why the weight gradients get their own kernel.
 """
@@ -45,27 +53,46 @@ from fastmixer.kernels.channel_mix_bwd import (
     reduce_partials,
     row_programs,
 )
+from fastmixer.kernels.token_mix import _image_tile
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes.
 _WGRAD_TARGET_PROGRAMS = 264
 
 
-def _token_configs(fp32: bool) -> list[triton.Config]:
-    """First = conservative (the interpreter runs only it). The [S_PAD, BLOCK_C] strips of y, do and dy stay resident
-    across the Dt loop: on sm_80 (mma.sync keeps dot operands in registers) 4 warps spill, hence 8 warps and one
-    stage throughout; fp32 operands double the footprint and only (32, 16) builds spill-free on both sm_80 and sm_90."""
-    if fp32:
-        return [triton.Config({"BLOCK_C": 32, "BLOCK_D": 16}, num_warps=8, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_C": 16, "BLOCK_D": 16}, num_warps=8, num_stages=1),
-        triton.Config({"BLOCK_C": 32, "BLOCK_D": 16}, num_warps=8, num_stages=1),
-        triton.Config({"BLOCK_C": 16, "BLOCK_D": 32}, num_warps=8, num_stages=1),
-    ]  # (32, 32) dropped: 255 registers + 8 B of stack on sm_90 with triton 3.6 (the GPU machines' version)
+def _route(w_dtype: torch.dtype, precision: str) -> str:
+    """Operand route of the two token GEMMs: "fp32" at "ieee" precision (FMA units), "tf32", or "16" (fp16/bf16)."""
+    if w_dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "fp32"
+    return "16"
+
+
+# (M, N = BLOCK_C, K, warps, stages) per (kernel, operand route), chosen by AOT builds at B/16 shapes (sm_90: all
+# HGMMA; sm_80 and sm_90: no spills, shared memory within 163 / 227 KB). The dual GEMM holds two fp32 accumulators, so
+# its 4-warp 64x128 tiles take BLOCK_K = 32 (BLOCK_K = 64 spills 32-36 B on sm_80) and its 8-warp tiles are 128x64
+# (128x128 spills 40-96 B on sm_90). fp32 at "ieee" runs on the FMA units: small tiles.
+_GEMM_TILES = {
+    ("dgrad", "16"): [(128, 64, 32, 8, 4), (64, 128, 32, 4, 3), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3)],
+    ("dgrad", "tf32"): [(128, 64, 32, 8, 3), (64, 128, 16, 4, 4), (64, 64, 32, 4, 3)],
+    ("dgrad", "fp32"): [(32, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 64, 16, 8, 3)],
+    ("dy", "16"): [(64, 128, 64, 4, 3), (128, 128, 64, 8, 2), (64, 128, 32, 4, 4)],
+    ("dy", "tf32"): [(64, 128, 32, 4, 3), (128, 128, 32, 8, 2), (64, 128, 32, 4, 2)],
+    ("dy", "fp32"): [(32, 64, 32, 4, 3), (64, 64, 32, 8, 3), (32, 64, 16, 4, 3)],
+}
+
+
+def _gemm_configs(kernel: str, route: str) -> list[triton.Config]:
+    """Configs of _token_dgrad_kernel ("dgrad": M = BLOCK_D hidden units) and _token_dy_kernel ("dy": M = BLOCK_S
+    tokens); N = BLOCK_C, K = BLOCK_K. First = conservative (the interpreter runs only it). M >= 64 rows per
+    warpgroup, so on sm_90 every dot is wgmma."""
+    m = "BLOCK_D" if kernel == "dgrad" else "BLOCK_S"
+    c = triton.Config
+    tiles = _GEMM_TILES[kernel, route]
+    return [c({m: bm, "BLOCK_C": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s) for bm, bn, bk, w, s in tiles]
 
 
 @triton.jit
-def _token_bwd_kernel(
+def _token_dgrad_kernel(
     Y,  # [B, S, C] LN(x) in W
     DO,  # [B, S, C] s * dout in W
     W1,  # [D, S] fc1 weight
@@ -73,54 +100,88 @@ def _token_bwd_kernel(
     W2,  # [S, D] fc2 weight
     H,  # out [B, D, C] GELU(a) in W
     DA,  # out [B, D, C] dh * GELU'(a) in W
-    DY,  # out [B, S, C] fp32 gradient of LN(x)
-    S,
     C,
     D,
-    S_PAD: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    S: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # hidden units per program (M)
+    BLOCK_C: tl.constexpr,  # channels per program (N)
+    BLOCK_K: tl.constexpr,  # tokens per K step
     DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
-    pid = tl.program_id(0)  # flattened (b, C-tile): B can exceed the 65535 limit of grid axes 1/2
-    num_c = tl.cdiv(C, BLOCK_C)
-    b = pid // num_c
-    rs = tl.arange(0, S_PAD)
-    rc = (pid % num_c) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rd = tl.arange(0, BLOCK_D)
+    # a = W1 y[b] and dh = W2^T do[b] share one K loop over the S tokens of image b.
+    b, rd, rc = _image_tile(tl.program_id(0), D, C, BLOCK_D, BLOCK_C)  # [BLOCK_D], [BLOCK_C]
+    rk = tl.arange(0, BLOCK_K)
+    dmask = rd < D
+    cmask = rc < C
+    img = b.to(tl.int64) * S * C
+    # W1's contiguous axis is K: out-of-range rows read row 0 (never stored). W2^T's is M (d): masked, not clamped,
+    # so its contiguity stays visible. y/do: contiguous along C (N), masked likewise.
+    w1_ptrs = W1 + tl.where(dmask, rd, 0)[:, None] * S + rk[None, :]  # [BD, BK] = W1[d, k]
+    w2_ptrs = W2 + rk[None, :] * D + rd[:, None]  # [BD, BK] = W2[k, d]^T
+    y_ptrs = Y + img + rk[:, None] * C + rc[None, :]  # [BK, BC]
+    do_ptrs = DO + img + rk[:, None] * C + rc[None, :]  # [BK, BC]
+    acc_a = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+    acc_dh = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, S, BLOCK_K):
+        kmask = (k0 + rk) < S
+        w1 = tl.load(w1_ptrs, mask=kmask[None, :], other=0.0)
+        w2t = tl.load(w2_ptrs, mask=dmask[:, None] & kmask[None, :], other=0.0)
+        y = tl.load(y_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        do = tl.load(do_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc_a += _dot(w1, y, DOT_F32, PRECISION)
+        acc_dh += _dot(w2t, do, DOT_F32, PRECISION)
+        w1_ptrs += BLOCK_K
+        w2_ptrs += BLOCK_K * D
+        y_ptrs += BLOCK_K * C
+        do_ptrs += BLOCK_K * C
+    a = acc_a + tl.load(B1 + rd, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    h, dgelu = gelu_and_grad(a, ACT)
+    omask = dmask[:, None] & cmask[None, :]
+    off = b.to(tl.int64) * D * C + rd[:, None] * C + rc[None, :]  # [BD, BC] offsets of h[b] / da[b]
+    tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
+    tl.store(DA + off, (acc_dh * dgelu).to(DA.dtype.element_ty), mask=omask)  # rounded once to W, as torch does
+
+
+@triton.jit
+def _token_dy_kernel(
+    DA,  # [B, D, C] dh * GELU'(a) in W
+    W1,  # [D, S] fc1 weight
+    DY,  # out [B, S, C] gradient of LN(x) in W
+    C,
+    D,
+    S: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # tokens per program (M)
+    BLOCK_C: tl.constexpr,  # channels per program (N)
+    BLOCK_K: tl.constexpr,  # hidden units per K step
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # dy[b] = W1^T da[b]: K loop over the D hidden units; W1^T is an M-major operand (contiguous along s).
+    b, rs, rc = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
+    rk = tl.arange(0, BLOCK_K)
     smask = rs < S
     cmask = rc < C
-    strip = smask[:, None] & cmask[None, :]
-    base_sc = b.to(tl.int64) * S * C
-    base_dc = b.to(tl.int64) * D * C
-    y = tl.load(Y + base_sc + rs[:, None] * C + rc[None, :], mask=strip, other=0.0)  # [S_PAD, BC]
-    do = tl.load(DO + base_sc + rs[:, None] * C + rc[None, :], mask=strip, other=0.0)  # [S_PAD, BC]
-    dy = tl.zeros([S_PAD, BLOCK_C], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + rd
-        dmask = d < D
-        wmask = dmask[:, None] & smask[None, :]
-        w1 = tl.load(W1 + d[:, None] * S + rs[None, :], mask=wmask, other=0.0)  # [BD, S_PAD] = W1[d, s]
-        w2t = tl.load(W2 + rs[None, :] * D + d[:, None], mask=wmask, other=0.0)  # [BD, S_PAD] = W2[s, d]^T
-        a = _dot(w1, y, DOT_F32, PRECISION)  # [BD, BC] fp32
-        a += tl.load(B1 + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
-        h, dgelu = gelu_and_grad(a, ACT)
-        da = _dot(w2t, do, DOT_F32, PRECISION) * dgelu  # GELU backward in the dh epilogue
-        da_w = da.to(DA.dtype.element_ty)  # rounded once: stored for dW1/db1 and fed to dy, as torch does
-        omask = dmask[:, None] & cmask[None, :]
-        off = base_dc + d[:, None] * C + rc[None, :]
-        tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
-        tl.store(DA + off, da_w, mask=omask)
-        dy += _dot(tl.trans(w1), da_w, DOT_F32, PRECISION)  # [S_PAD, BD] @ [BD, BC]
-    tl.store(DY + base_sc + rs[:, None] * C + rc[None, :], dy, mask=strip)
+    w1_ptrs = W1 + rk[None, :] * S + rs[:, None]  # [BS, BK] = W1[k, s]^T
+    da_ptrs = DA + b.to(tl.int64) * D * C + rk[:, None] * C + rc[None, :]  # [BK, BC]
+    acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        kmask = (k0 + rk) < D
+        w1t = tl.load(w1_ptrs, mask=smask[:, None] & kmask[None, :], other=0.0)
+        da = tl.load(da_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc += _dot(w1t, da, DOT_F32, PRECISION)
+        w1_ptrs += BLOCK_K * S
+        da_ptrs += BLOCK_K * C
+    off = b.to(tl.int64) * S * C + rs[:, None] * C + rc[None, :]  # [BS, BC] offsets of dy[b]
+    tl.store(DY + off, acc.to(DY.dtype.element_ty), mask=smask[:, None] & cmask[None, :])
 
 
-_token_bwd = {
-    fp32: triton.autotune(configs=pick_configs(_token_configs(fp32)), key=["S", "C", "D"])(_token_bwd_kernel)
-    for fp32 in (False, True)
-}
+# One autotuner per operand route and kernel: each with its own config list, over the same JIT functions.
+_ROUTES = ("16", "tf32", "fp32")
+_KEY = ["S", "C", "D"]
+_DGRAD = {r: triton.autotune(pick_configs(_gemm_configs("dgrad", r)), key=_KEY)(_token_dgrad_kernel) for r in _ROUTES}
+_DY = {r: triton.autotune(pick_configs(_gemm_configs("dy", r)), key=_KEY)(_token_dy_kernel) for r in _ROUTES}
 
 
 def _wgrad_configs() -> list[triton.Config]:
@@ -286,25 +347,16 @@ def token_mix_bwd(
     y, do, mean, rstd, _ = ln_prep(x, dout, branch_scale, ln_weight, ln_bias, w_dtype, eps=eps, col_sum=False)
     h = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
     da = torch.empty((B, D, C), device=x.device, dtype=w_dtype)
-    dy = torch.empty((B, S, C), device=x.device, dtype=torch.float32)
-    grid = lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)
-    _token_bwd[w_dtype == torch.float32][grid](
-        y,
-        do,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        h,
-        da,
-        dy,
-        S,
-        C,
-        D,
-        S_PAD=max(16, triton.next_power_of_2(S)),
-        DOT_F32=_f32_dot_needed(w_dtype),
-        PRECISION=dot_precision(allow_tf32, w_dtype),
-        ACT=act,
-    )
+    dy = torch.empty((B, S, C), device=x.device, dtype=w_dtype)
+    precision = dot_precision(allow_tf32, w_dtype)
+    route = _route(w_dtype, precision)
+    dot_f32 = _f32_dot_needed(w_dtype)
+    _DGRAD[route][lambda meta: (B * triton.cdiv(D, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        y, do, fc1_weight, fc1_bias, fc2_weight, h, da, C, D, S=S, DOT_F32=dot_f32, PRECISION=precision, ACT=act,
+    )  # fmt: skip
+    _DY[route][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        da, fc1_weight, dy, C, D, S=S, DOT_F32=dot_f32, PRECISION=precision,
+    )  # fmt: skip
     dw2_part, db2_part, dw1_part, db1_part = _wgrad_launch(do, h, da, y, allow_tf32=allow_tf32)
     dx, dg_part, dbeta_part = ln_backward(x, dy, dout, ln_weight, mean, rstd)
     grads = [torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
@@ -317,39 +369,39 @@ def token_mix_bwd(
 def spec_cases() -> list[Case]:
     """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
     drop-path, with it for bf16 and autocast, the tanh-approximate GELU at B/16 bf16, bf16 and autocast at batch 1, and
-    bf16 / fp32 at every other supported token count (S_PAD is a constexpr of the main kernel)."""
+    bf16 / fp32 / tf32 at every other supported token count (S is a constexpr of the two token GEMMs)."""
     cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
     cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
     cases.append(Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh"))
     cases += [Case(route, shape) for route in ("bf16", "fp32+bf16") for shape in SMALL_TRAIN_SHAPES]
-    return cases + [Case(route, shape) for route in ("bf16", "fp32") for shape in TOKEN_SHAPES]
+    return cases + [Case(route, shape) for route in ("bf16", "fp32", "fp32-tf32") for shape in TOKEN_SHAPES]
 
 
 def gpu_build_specs() -> list[dict]:
     """One spec per distinct (kernel, autotune config, dtype route, specialisation) at the shapes of spec_cases()
-    (kernels/_specs.py derives signature and divisibility as the JIT does). Token counts outside the 224 px model
-    shapes are must_fit=False: reported, not yet required to fit."""
+    (kernels/_specs.py derives signature and divisibility as the JIT does). Every token count must fit (sm_90 and
+    sm_80 shared memory, no spills)."""
     specs = SpecSet("token_mix_bwd")
-    train = {shape.label for shape in (*TRAIN_SHAPES, *SMALL_TRAIN_SHAPES)}
     for case in spec_cases():
         route, shape = case.tag, case.shape
         _, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
-        must_fit = shape.label in train
-        add_row_kernel_specs(specs, case, col_sum=False, dy_dtype=torch.float32)
+        add_row_kernel_specs(specs, case, col_sum=False, dy_dtype=w_dt)
         w, f32 = Ptr(w_dt), Ptr(torch.float32)
         precision = dot_precision(tf32, w_dt)
+        groute = _route(w_dt, precision)
         B, S, C, D = shape.batch, shape.S, shape.C, shape.DT
-        main = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DY=f32, S=S, C=C, D=D,
-                    S_PAD=max(16, triton.next_power_of_2(S)), DOT_F32=False, PRECISION=precision,
-                    ACT=case.act)  # fmt: skip
-        for i, cfg in enumerate(_token_configs(w_dt == torch.float32)):
-            specs.add(_token_bwd_kernel, route, shape, main, cfg, config_index=i, must_fit=must_fit)
+        common = dict(C=C, D=D, S=S, DOT_F32=False, PRECISION=precision)
+        dgrad = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, ACT=case.act, **common)
+        for i, cfg in enumerate(_gemm_configs("dgrad", groute)):
+            specs.add(_token_dgrad_kernel, route, shape, dgrad, cfg, config_index=i)
+        for i, cfg in enumerate(_gemm_configs("dy", groute)):
+            specs.add(_token_dy_kernel, route, shape, dict(DA=w, W1=w, DY=w, **common), cfg, config_index=i)
         b_per_split = triton.cdiv(B, _wgrad_split(B, S, D))
         split = triton.cdiv(B, b_per_split)
         wgrad = dict(DO=w, H=w, DA=w, Y=w, DW2_PART=f32, DB2_PART=f32, DW1_PART=f32, DB1_PART=f32, NB=B, S=S, D=D, C=C,
                      b_per_split=b_per_split, DOT_F32=False, PRECISION=precision)  # fmt: skip
         for i, cfg in _wgrad_gpu_configs(w_dt.itemsize, precision):
-            specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i, must_fit=must_fit)
+            specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i)
         rows = row_programs(shape)
         add_reduce_spec(specs, case, [(rows, C, ln_dt), (rows, C, ln_dt), (split, D * S, w_dt), (split, D, w_dt),
                                       (split, S * D, w_dt), (split, S, w_dt)])  # fmt: skip

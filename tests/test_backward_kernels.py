@@ -102,10 +102,11 @@ def test_fp16_three_way(kind):
 def test_bf16_three_way(kind):
     """bf16 x and weights, three-way rule with atol 1e-2 * max|ref|.
 
-    Under the interpreter bf16 tl.dot is broken (triton issue 11584), so the launchers set DOT_F32: the dot operands,
-    already rounded to bf16 by the same loads/casts as on GPU, are upcast to fp32 right before tl.dot. That is what the
-    GPU's bf16 MMA computes (exact products, fp32 accumulation), so this covers every load, store, cast and rounding
-    point of the bf16 path; only the MMA instruction itself is not exercised (on GPU DOT_F32 is off). The interpreter
+    Under the interpreter bf16 tl.dot is broken (triton issue 11584), so the kernels' dot helper (_common.mma, under
+    the interpreter only) upcasts the dot operands, already rounded to bf16 by the same loads/casts as on GPU, to fp32
+    right before tl.dot. That is what the GPU's bf16 MMA computes (exact products, fp32 accumulation), so this covers
+    every load, store, cast and rounding point of the bf16 path; only the MMA instruction itself is not exercised
+    (on GPU mma is a plain tl.dot). The interpreter
     also rounds fp32 -> bf16 toward zero (the GPU rounds to nearest even; measured with triton 3.8), a bias that makes
     our error here up to ~2.5x torch's on the weight gradients: the atol absorbs it."""
     _three_way(kind, make_case(kind, SHAPES[1], torch.bfloat16, scale=True), torch.bfloat16)
@@ -137,6 +138,19 @@ def test_large_token_counts_small_width(kind, S):
     case = make_case(kind, (1, S, 24, 21, 40))
     for name, g, c in zip(NAMES, ours(kind, *case), closed_form(kind, *case)):
         assert max_err(g, c) <= 1e-5 * c.abs().max().item(), name
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "w_dtype"),
+    [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+    ids=["fp16", "bf16", "autocast"],
+)
+@pytest.mark.parametrize("S", [576, 784], ids=["S576", "S784"])
+def test_token_large_token_counts_low_precision(S, x_dtype, w_dtype):
+    """The token GEMMs at 384 / 448 px token counts in the 16-bit routes, with drop-path: K = S runs many BLOCK_K
+    steps with a ragged last one, C = 136 and Dt = 75 take two tiles / K steps with ragged edges; three-way rule."""
+    case = make_case("token", (1, S, 136, 75, 40), x_dtype, w_dtype, scale=True)
+    _three_way("token", case, w_dtype)
 
 
 def test_reduce_partials_one_launch_fixed_order():

@@ -99,7 +99,8 @@ def kernel_rows() -> list[dict[str, Any]]:
         memory_row("_ln_prep_kernel", warps=8, ctas=2),
         row("_dual_gemm_kernel", dict(BLOCK_N=64, BLOCK_K=32), warps=4, ctas=2),
         memory_row("_ln_bwd_kernel", warps=8, ctas=2),
-        row("_token_bwd_kernel", dict(BLOCK_C=16, BLOCK_D=16), warps=8, ctas=1),
+        row("_token_dgrad_kernel", dict(BLOCK_D=64, BLOCK_C=128, BLOCK_K=32), warps=4, ctas=2),
+        row("_token_dy_kernel", dict(BLOCK_S=64, BLOCK_C=128, BLOCK_K=64), warps=4, ctas=3),
         row("_wgrad_kernel", dict(BLOCK_P=64, BLOCK_Q=64, BLOCK_K=32), warps=4, ctas=2),
         memory_row("_reduce_partials_kernel", warps=4, ctas=5),
     ]  # fmt: skip
