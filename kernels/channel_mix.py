@@ -39,7 +39,7 @@ from torch import Tensor
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 from . import layernorm
-from ._common import INTERPRET, dot_precision, gelu, pick_configs
+from ._common import dot_precision, gelu, mma, pick_configs
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 
@@ -67,7 +67,6 @@ def _matmul_nt(
     N,
     K,
     PRECISION: tl.constexpr,
-    DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -86,10 +85,7 @@ def _matmul_nt(
         k_mask = offs_k < K - k0
         a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
-        if DOT_F32:  # interpreter + bf16 only: exact products of the bf16 values, fp32 accumulation
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = mma(a, b, acc, PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     return acc
@@ -187,11 +183,11 @@ def _prune(configs, named_args, a_arg, w_arg, precision):
 
 
 def _prune_fc1(configs, named_args, **kwargs):
-    return _prune(configs, named_args, "y_ptr", "w1_ptr", kwargs.get("INPUT_PRECISION", "ieee"))
+    return _prune(configs, named_args, "y_ptr", "w1_ptr", kwargs.get("PRECISION", "ieee"))
 
 
 def _prune_fc2(configs, named_args, **kwargs):
-    return _prune(configs, named_args, "h_ptr", "w2_ptr", kwargs.get("INPUT_PRECISION", "ieee"))
+    return _prune(configs, named_args, "h_ptr", "w2_ptr", kwargs.get("PRECISION", "ieee"))
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -207,8 +203,7 @@ def _fc1_gelu_kernel(
     M,
     N,
     K,
-    INPUT_PRECISION: tl.constexpr,  # "ieee" | "tf32" (fp32 operands only)
-    DOT_F32: tl.constexpr,  # interpreter + bf16 only: upcast the bf16 operands to fp32 before tl.dot
+    PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee" | "tf32" (fp32 operands only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -218,7 +213,7 @@ def _fc1_gelu_kernel(
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    acc = _matmul_nt(y_ptr, w1_ptr, row0, col0, M, N, K, INPUT_PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _matmul_nt(y_ptr, w1_ptr, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # epilogue: + b1, GELU in fp32, one rounding to W; int64 tile base, int32 offsets inside the tile. Tiles 256
     # wide are finished in two 128-column halves: GELU's temporaries beside the whole 128-register accumulator spill.
@@ -250,8 +245,7 @@ def _fc2_residual_kernel(
     K,
     S,  # tokens per sample: sample of row m is m // S
     HAS_SCALE: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -260,7 +254,7 @@ def _fc2_residual_kernel(
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    acc = _matmul_nt(h_ptr, w2_ptr, row0, col0, M, N, K, INPUT_PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _matmul_nt(h_ptr, w2_ptr, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # epilogue (fp32): + b2, * s[sample], + residual, one rounding to the output dtype; 256-wide tiles in two halves
     tile = row0.to(tl.int64) * N + col0  # int64 tile base; int32 offsets inside the tile
@@ -299,7 +293,6 @@ def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "
     y = layernorm.layernorm_fwd(x, ln_weight, ln_bias, eps=eps, out_dtype=w_dtype)  # [B, S, C] W
     h = torch.empty((M, Dc), dtype=w_dtype, device=x.device)  # [M, Dc] W
     precision = dot_precision(allow_tf32, w_dtype)
-    dot_f32 = INTERPRET and w_dtype == torch.bfloat16
 
     def grid1(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Dc, meta["BLOCK_N"]),)
@@ -308,12 +301,12 @@ def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),)
 
     _fc1_gelu_kernel[grid1](
-        y, fc1_weight, fc1_bias, h, M, Dc, C, INPUT_PRECISION=precision, DOT_F32=dot_f32, ACT=act
+        y, fc1_weight, fc1_bias, h, M, Dc, C, PRECISION=precision, ACT=act
     )  # fmt: skip
     del y
     _fc2_residual_kernel[grid2](
         h, fc2_weight, fc2_bias, branch_scale if branch_scale is not None else x, x, out, M, C, Dc, S,
-        HAS_SCALE=branch_scale is not None, INPUT_PRECISION=precision, DOT_F32=dot_f32,
+        HAS_SCALE=branch_scale is not None, PRECISION=precision,
     )  # fmt: skip
     return out
 
@@ -339,10 +332,9 @@ def gpu_build_specs() -> list[dict]:
         out = Ptr(torch.promote_types(x_dt, w_dt))
         prec = dot_precision(tf32, w_dt)
         M, C, Dc = shape.M, shape.C, shape.DC
-        fc1 = dict(y_ptr=w, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, INPUT_PRECISION=prec, DOT_F32=False,
-                   ACT=case.act)  # fmt: skip
+        fc1 = dict(y_ptr=w, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, PRECISION=prec, ACT=case.act)  # fmt: skip
         fc2 = dict(h_ptr=w, w2_ptr=w, b2_ptr=w, scale_ptr=Ptr(x_dt), x_ptr=x, out_ptr=out, M=M, N=C, K=Dc, S=shape.S,
-                   HAS_SCALE=case.scale, INPUT_PRECISION=prec, DOT_F32=False)  # fmt: skip
+                   HAS_SCALE=case.scale, PRECISION=prec)  # fmt: skip
         for i, cfg in _gpu_configs(w_dt.itemsize, w_dt.itemsize, prec):
             specs.add(_fc1_gelu_kernel, route, shape, fc1, cfg, config_index=i)
             specs.add(_fc2_residual_kernel, route, shape, fc2, cfg, config_index=i)

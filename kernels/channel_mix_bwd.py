@@ -1,4 +1,4 @@
-"""Backward of the fused channel-mixing sub-block, plus the two row-wise kernels shared with token_mix_bwd.
+"""Backward of the fused channel-mixing sub-block, plus the partial-sum reduction shared with token_mix_bwd.
 
 Forward (per row m of M = B*S tokens, s = branch_scale[b] or 1):
     y = LN(x) = xhat * g + beta,  xhat = (x - mean) * rstd      [M, C]   (cast to W before the GEMMs, as torch does)
@@ -8,17 +8,18 @@ Backward (do = s * dout):
     dg = sum_m dy * xhat;  dbeta = sum_m dy;  dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat))
 
 Launches (channel_mix_bwd): 4 Triton + 3 cuBLAS = 7, nothing else (no host sums, no casts).
-  1. _ln_prep_kernel (Triton, row-wise): recomputes the fp32 row stats from x (nothing but x is saved by the forward),
-     writes y = LN(x) in W (read by two consumers below, so it is materialised once, transiently), do = s*dout in W
-     (only when dout is not already that: branch scale or autocast), and fp32 per-program column partials of do (db2).
+  1. layernorm._ln_prep_kernel (Triton, row-wise): recomputes the fp32 row stats from x (ln_tile_stats; nothing
+     but x is saved by the forward), writes y = LN(x) in W (read by two consumers below, so it is materialised once,
+     transiently), do = s*dout in W (only when dout is not already that: branch scale or autocast), and fp32
+     per-program column partials of do (db2).
   2. _dual_gemm_kernel (Triton): one K-loop over C feeds two accumulators, a = y W1^T and dh = do W2, for the same
      [BLOCK_M, BLOCK_N] tile of [M, Dc]; the epilogue adds b1, emits h = GELU(a) (for dW2) and da = dh * GELU'(a) in W,
      and per-m-tile fp32 column partials of da (db1). Recomputing a here costs one extra GEMM but saves storing a/h.
   3. dW2 = do^T h, dW1 = da^T y, dy = da W1: plain GEMMs with nothing to fuse into them (their epilogues would only
      store; the LN backward needs whole rows of dy, which no GEMM tile holds), so they go to cuBLAS (torch.mm, which
      follows torch's fp32 matmul precision: the same setting the forward's allow_tf32 came from).
-  4. _ln_bwd_kernel (Triton, row-wise): LayerNorm backward over full rows fused with the residual gradient (+ dout) and
-     fp32 per-program column partials of dg and dbeta.
+  4. layernorm._ln_bwd_kernel (Triton, row-wise): LayerNorm backward over full rows (ln_row_grad) fused with the
+     residual gradient (+ dout) and fp32 per-program column partials of dg and dbeta.
   5. _reduce_partials_kernel (Triton): the four partial buffers (dg, dbeta, db1, db2) reduced in one launch, each total
      stored in its parameter's dtype (the cast folded into the store). token_mix_bwd uses it too (six buffers).
 Determinism: every reduction is either inside one program in a fixed order or a cuBLAS GEMM, and the partial buffers'
@@ -34,229 +35,27 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, pick_configs
+from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, mma, pick_configs
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
+from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs  # + token_mix_bwd
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
 DUAL_BLOCK_M = 64
 # Every dual GEMM config's BLOCK_K divides this: C % DUAL_K_MULTIPLE == 0 lets the kernel drop its K mask (EVEN_K).
 DUAL_K_MULTIPLE = 64
-# Upper bound on programs of the row-wise kernels (their per-program column partials are [programs, C] fp32).
-_MAX_ROW_PROGRAMS = 2048
 
 
 def _f32_dot_needed(w_dtype: torch.dtype) -> bool:
-    # bf16 tl.dot is wrong under the interpreter: upcast the (already bf16) operands there, only there.
+    """Deprecated (token_mix_bwd's DOT_F32 until it calls _common.mma): interpreter and bf16."""
     return INTERPRET and w_dtype == torch.bfloat16
 
 
 @triton.jit
 def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    """fp32-accumulating tl.dot; DOT_F32 upcasts the operands first (interpreter + bf16 only)."""
-    if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-# ------------------------------------------------------------------------------------------------ row-wise kernels
-@triton.jit
-def _ln_prep_kernel(
-    X,  # [M, C] x, dtype X
-    DOUT,  # [M, C] upstream gradient, dtype promote(X, W)
-    SCALE,  # [B] branch scale (any float) if HAS_SCALE
-    LN_W,  # [C] gamma
-    LN_B,  # [C] beta
-    Y,  # out [M, C] LN(x) in W
-    DO,  # out [M, C] s * dout in W, if WRITE_DO
-    MEAN,  # out [M] fp32
-    RSTD,  # out [M] fp32
-    DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM
-    M,
-    C,
-    S,
-    rows_per_prog,  # a multiple of BLOCK_R
-    eps,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    WRITE_DO: tl.constexpr,
-    COL_SUM: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    g = tl.load(LN_W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    beta = tl.load(LN_B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    colsum = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, rows_per_prog, BLOCK_R):
-        rows = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)  # [BLOCK_R] whole rows of C per tile
-        ok = rows < M
-        m = ok[:, None] & cmask[None, :]
-        off = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C
-        xc = tl.where(m, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)  # two-pass variance in fp32
-        tl.store(MEAN + rows, mean, mask=ok)
-        tl.store(RSTD + rows, rstd, mask=ok)
-        tl.store(Y + off, (xc * rstd[:, None] * g + beta).to(Y.dtype.element_ty), mask=m)
-        if WRITE_DO or COL_SUM:
-            do = tl.load(DOUT + off, mask=m, other=0.0).to(tl.float32)
-            if HAS_SCALE:
-                do = do * tl.load(SCALE + rows // S, mask=ok, other=0.0).to(tl.float32)[:, None]
-            if WRITE_DO:
-                tl.store(DO + off, do.to(DO.dtype.element_ty), mask=m)
-            if COL_SUM:
-                colsum += tl.sum(do, axis=0)
-    if COL_SUM:
-        tl.store(DO_COLSUM + pid.to(tl.int64) * C + cols, colsum, mask=cmask)
-
-
-@triton.jit
-def _ln_bwd_kernel(
-    X,  # [M, C] x, dtype X
-    DY,  # [M, C] gradient of LN(x), any float dtype
-    DOUT,  # [M, C] upstream gradient (the residual path)
-    LN_W,  # [C] gamma
-    MEAN,  # [M] fp32
-    RSTD,  # [M] fp32
-    DX,  # out [M, C] in X
-    DG_PART,  # out [programs, C] fp32 partials of sum dy * xhat
-    DB_PART,  # out [programs, C] fp32 partials of sum dy
-    M,
-    C,
-    rows_per_prog,  # a multiple of BLOCK_R
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    # dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat)): whole rows, fp32.
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    g = tl.load(LN_W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    dg = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, rows_per_prog, BLOCK_R):
-        rows = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)
-        ok = rows < M
-        m = ok[:, None] & cmask[None, :]
-        off = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        mean = tl.load(MEAN + rows, mask=ok, other=0.0)[:, None]
-        rstd = tl.load(RSTD + rows, mask=ok, other=0.0)[:, None]
-        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
-        dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
-        dout = tl.load(DOUT + off, mask=m, other=0.0).to(tl.float32)
-        xhat = tl.where(m, (x - mean) * rstd, 0.0)
-        dyg = dy * g
-        c1 = tl.sum(dyg * xhat, axis=1)[:, None] / C
-        c2 = tl.sum(dyg, axis=1)[:, None] / C
-        dx = dout + rstd * (dyg - c2 - xhat * c1)
-        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
-        dg += tl.sum(dy * xhat, axis=0)
-        db += tl.sum(dy, axis=0)
-    tl.store(DG_PART + pid.to(tl.int64) * C + cols, dg, mask=cmask)
-    tl.store(DB_PART + pid.to(tl.int64) * C + cols, db, mask=cmask)
-
-
-def _row_tile(block_c: int) -> tuple[int, int]:
-    """(BLOCK_R, num_warps) on GPU: [BLOCK_R, BLOCK_C] tiles of 2048 elements on 8 warps; 2048-wide rows (C > 1024)
-    one at a time on 4 warps (2 rows x 8 warps leaves a small stack frame on sm_80/sm_90: ptxas, measured). 4096-element
-    tiles spilled 16 B in the LN backward on sm_80 with triton 3.6."""
-    return (1, 4) if block_c >= 2048 else (max(1, 2048 // block_c), 8)
-
-
-def _row_launch(M: int, C: int) -> tuple[int, int, int, int, int]:
-    """(rows_per_prog, programs, BLOCK_R, BLOCK_C, num_warps) of the row-wise kernels: a function of the shapes only
-    (and of interpreting, where fewer, fatter programs run much faster)."""
-    block_c = triton.next_power_of_2(C)
-    block_r, warps = _row_tile(block_c)
-    if INTERPRET:
-        block_r = 16
-    max_programs = 8 if INTERPRET else _MAX_ROW_PROGRAMS
-    rows_per_prog = block_r * max(1, triton.cdiv(M, block_r * max_programs))
-    return rows_per_prog, triton.cdiv(M, rows_per_prog), block_r, block_c, warps
-
-
-def ln_prep(
-    x: Tensor,
-    dout: Tensor,
-    branch_scale: Tensor | None,
-    ln_weight: Tensor,
-    ln_bias: Tensor,
-    w_dtype: torch.dtype,
-    *,
-    eps: float,
-    col_sum: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-    """Row pass over x [B, S, C] and dout [B, S, C] -> (y [B,S,C] W, do [B,S,C] W, mean [B*S] fp32, rstd [B*S] fp32,
-    column partials of do [P, C] fp32 or None). do is dout itself when it is already W and unscaled (no copy)."""
-    B, S, C = x.shape
-    M = B * S
-    dev = x.device
-    write_do = branch_scale is not None or dout.dtype != w_dtype
-    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
-    y = torch.empty((B, S, C), device=dev, dtype=w_dtype)
-    do = torch.empty((B, S, C), device=dev, dtype=w_dtype) if write_do else dout
-    mean = torch.empty(M, device=dev, dtype=torch.float32)
-    rstd = torch.empty(M, device=dev, dtype=torch.float32)
-    colsum = torch.empty((programs, C), device=dev, dtype=torch.float32) if col_sum else None
-    _ln_prep_kernel[(programs,)](
-        x,
-        dout,
-        branch_scale if branch_scale is not None else x,
-        ln_weight,
-        ln_bias,
-        y,
-        do,
-        mean,
-        rstd,
-        colsum if col_sum else mean,
-        M,
-        C,
-        S,
-        rpp,
-        eps,
-        BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        HAS_SCALE=branch_scale is not None,
-        WRITE_DO=write_do,
-        COL_SUM=col_sum,
-        num_warps=warps,
-    )
-    return y, do, mean, rstd, colsum
-
-
-def ln_backward(
-    x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """LayerNorm backward fused with the residual gradient: x, dy, dout [B, S, C] (dy any float dtype); mean/rstd
-    [B*S] fp32 -> (dx [B, S, C] in x's dtype, partials of dg [P, C] fp32, partials of dbeta [P, C] fp32); the caller
-    reduces the partials (reduce_partials)."""
-    B, S, C = x.shape
-    M = B * S
-    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
-    dx = torch.empty_like(x)
-    dg_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
-    db_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
-    _ln_bwd_kernel[(programs,)](
-        x,
-        dy,
-        dout,
-        ln_weight,
-        mean,
-        rstd,
-        dx,
-        dg_part,
-        db_part,
-        M,
-        C,
-        rpp,
-        BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        num_warps=warps,
-    )
-    return dx, dg_part, db_part
+    """Deprecated (token_mix_bwd until it calls _common.mma): a @ b in fp32 via mma, which does the interpreter's bf16
+    upcast itself (DOT_F32 is ignored)."""
+    return mma(a, b, None, PRECISION)
 
 
 # ------------------------------------------------------------------------------------------------ partial sums
@@ -466,7 +265,6 @@ def _dual_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,  # C % BLOCK_K == 0 (C a multiple of DUAL_K_MULTIPLE): the K loop loads without a K mask
-    DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
@@ -507,8 +305,8 @@ def _dual_gemm_kernel(
             do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
             w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
             w2 = tl.load(w2_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        acc_a += _dot(y, w1t, DOT_F32, PRECISION)
-        acc_dh += _dot(do, w2, DOT_F32, PRECISION)
+        acc_a = mma(y, w1t, acc_a, PRECISION)
+        acc_dh = mma(do, w2, acc_dh, PRECISION)
         y_ptrs += BLOCK_K
         do_ptrs += BLOCK_K
         w1_ptrs += BLOCK_K
@@ -563,7 +361,6 @@ def channel_mix_bwd(
         BLOCK_M=DUAL_BLOCK_M,
         GROUP_M=8,
         EVEN_K=C % DUAL_K_MULTIPLE == 0,
-        DOT_F32=_f32_dot_needed(w_dtype),
         PRECISION=dot_precision(allow_tf32, w_dtype),
         ACT=act,
     )
@@ -588,29 +385,6 @@ def spec_cases() -> list[Case]:
     return [*cases, Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh")]
 
 
-def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:
-    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd (fp32 dy) call them."""
-    route, shape, scale = case.tag, case.shape, case.scale
-    x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
-    dout_dt = torch.promote_types(x_dt, w_dt)
-    x, ln, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(torch.float32)
-    write_do = scale or dout_dt != w_dt
-    rpp, _, block_r, block_c, warps = _row_launch(shape.M, shape.C)
-    prep = dict(X=x, DOUT=Ptr(dout_dt), SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt), DO=Ptr(w_dt if write_do else dout_dt),
-                MEAN=f32, RSTD=f32, DO_COLSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp, eps=1e-6,
-                BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
-                num_warps=warps)  # fmt: skip
-    specs.add(_ln_prep_kernel, route, shape, prep)
-    bwd = dict(X=x, DY=Ptr(dy_dtype), DOUT=Ptr(dout_dt), LN_W=ln, MEAN=f32, RSTD=f32, DX=x, DG_PART=f32, DB_PART=f32,
-               M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)  # fmt: skip
-    specs.add(_ln_bwd_kernel, route, shape, bwd)
-
-
-def row_programs(shape) -> int:
-    """Programs of the row-wise kernels at `shape` (rows of their per-program partials)."""
-    return _row_launch(shape.M, shape.C)[1]
-
-
 def add_reduce_spec(specs: SpecSet, case: Case, segments: list[tuple[int, int, torch.dtype]]) -> None:
     """Spec of the one reduce_partials launch of a backward op: segments (R, N, out dtype) as the op passes them."""
     args, _ = _reduce_launch([(Ptr(torch.float32), Ptr(dt), r, n) for r, n, dt in segments])
@@ -631,7 +405,7 @@ def gpu_build_specs() -> list[dict]:
                                       (triton.cdiv(shape.M, DUAL_BLOCK_M), D, w_dt)])  # fmt: skip
         w = Ptr(w_dt)
         dual = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DB1_PART=Ptr(torch.float32), M=shape.M, C=shape.C,
-                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, EVEN_K=shape.C % DUAL_K_MULTIPLE == 0, DOT_F32=False,
+                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, EVEN_K=shape.C % DUAL_K_MULTIPLE == 0,
                     PRECISION=dot_precision(tf32, w_dt), ACT=case.act)  # fmt: skip
         for i, cfg in enumerate(_dual_configs(w_dt == torch.float32)):
             specs.add(_dual_gemm_kernel, route, shape, dual, cfg, config_index=i)

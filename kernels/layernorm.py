@@ -15,12 +15,22 @@ one read of each row and only elementwise work per chunk. Never E[x^2] - E[x]^2.
 Jit helpers (import them from here):
     ln_row_stats(row_ptrs, row_mask, K, eps, BLOCK_M, BLOCK_K) -> (mean [BLOCK_M], rstd [BLOCK_M])
     ln_normalize(x, mean, rstd, g, beta) -> y                 x [R, N] fp32, mean/rstd [R], g/beta [N] fp32
-    ln_row_grad(xhat, dy, g, mask, C) -> dx                   whole rows [R, BLOCK_C] in registers, fp32
+    ln_tile_stats(x, shift, col_mask, K, eps) -> (mean, rstd, x - mean)   its one-chunk case, rows in registers
+    ln_row_grad(xhat, dy, g, C) -> dx / rstd                  whole rows [R, BLOCK_C] in registers, fp32
 
-Kernel and launcher:
+Forward kernel and launcher:
     `_layernorm_fwd_kernel` / `layernorm_fwd(x, g, beta, eps=, out_dtype=)`: y = LN(x) over the last dim of x
     [..., C], written in `out_dtype` (the channel-mix GEMMs' dtype W: exactly where torch rounds LN's output before
     fc1). One read of x from memory (the normalising loop re-reads the program's rows from L1/L2), one write of y.
+Backward (the row-wise kernels of channel_mix_bwd and token_mix_bwd, whole rows of C per step, s = branch scale):
+    `_ln_prep_kernel` / `ln_prep`: mean/rstd recomputed from x by ln_tile_stats (nothing but x is saved by the
+    forward), y = LN(x) in W, do = s * dout in W (only when dout is not already that) and fp32 per-program column
+    partials of do (a bias gradient of the caller's).
+    `_ln_bwd_kernel` / `ln_backward`: dx = dout + rstd * ln_row_grad(...) (the residual path fused in) and fp32
+    per-program column partials of dg and dbeta.
+    Their partial buffers are [programs, C], programs a function of the shapes only (row_programs): no atomics; the
+    caller reduces them all in one launch (channel_mix_bwd.reduce_partials). Their AOT specs belong to the backward
+    modules' sets (add_row_kernel_specs).
 """
 
 from __future__ import annotations
@@ -30,7 +40,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._common import INTERPRET
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
+
+# Upper bound on programs of the row-wise backward kernels (their per-program column partials are [programs, C] fp32).
+_MAX_ROW_PROGRAMS = 2048
 
 
 # ------------------------------------------------------------------------------------------------ jit helpers
@@ -70,29 +84,42 @@ def ln_row_stats(row_ptrs, row_mask, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
+def ln_tile_stats(x, shift, col_mask, K, eps):
+    """ln_row_stats' one-chunk case on rows already in registers: x [R, BLOCK_C] fp32 whole rows (BLOCK_C >= K, any
+    value where ~col_mask [BLOCK_C]), shift [R] = x[:, 0] -> (mean [R], rstd [R], x - mean [R, BLOCK_C], 0 where
+    ~col_mask). With one sample per lane the lane merge of ln_row_stats is the shifted two-pass: d = x - shift,
+    mean_d = sum_c d / K, mean = shift + mean_d, rstd = 1 / sqrt(sum_c (d - mean_d)^2 / K + eps): the same figures
+    without its loop and per-lane state."""
+    d = tl.where(col_mask[None, :], x - shift[:, None], 0.0)
+    mean_d = tl.sum(d, axis=1) / K
+    xc = tl.where(col_mask[None, :], d - mean_d[:, None], 0.0)
+    return mean_d + shift, 1.0 / tl.sqrt_rn(tl.sum(xc * xc, axis=1) / K + eps), xc
+
+
+@triton.jit
 def ln_normalize(x, mean, rstd, g, beta):
     """LayerNorm forward of a tile: x [R, N] fp32, mean/rstd [R], g/beta [N] fp32 -> (x - mean) * rstd * g + beta."""
     return (x - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
 
 
 @triton.jit
-def ln_row_grad(xhat, dy, g, mask, C):
-    """LayerNorm backward of whole rows held in registers: xhat, dy [R, BLOCK_C] fp32 (0 where ~mask), g [BLOCK_C]
-    fp32 -> d(LN)/dx contracted with dy, divided by rstd: dxhat - mean_c(dxhat) - xhat * mean_c(dxhat * xhat) with
-    dxhat = dy * g (multiply by rstd [R, 1] for dx). 0 where ~mask."""
-    dxhat = tl.where(mask, dy * g[None, :], 0.0)
+def ln_row_grad(xhat, dy, g, C):
+    """LayerNorm backward of whole rows held in registers: xhat, dy [R, BLOCK_C] fp32 and g [BLOCK_C] fp32, all 0
+    past column C -> d(LN)/dx contracted with dy, divided by rstd: dxhat - mean_c(dxhat) - xhat * mean_c(dxhat * xhat)
+    with dxhat = dy * g (multiply by rstd [R, 1] for dx). Past column C the result is not 0 (callers mask the store)."""
+    dxhat = dy * g[None, :]
     c1 = tl.sum(dxhat * xhat, axis=1)[:, None] / C
     c2 = tl.sum(dxhat, axis=1)[:, None] / C
-    return tl.where(mask, dxhat - c2 - xhat * c1, 0.0)
+    return dxhat - c2 - xhat * c1
 
 
 # ------------------------------------------------------------------------------------------------ forward pass kernel
 @triton.jit
 def _layernorm_fwd_kernel(
-    x_ptr,  # [M, C] X: rows to normalise, contiguous
-    ln_w_ptr,  # [C] g (any float dtype, read as fp32)
-    ln_b_ptr,  # [C] beta
-    y_ptr,  # [M, C] out, dtype of the consumer (W): LN(x) rounded once from fp32
+    X,  # [M, C] rows to normalise, dtype X, contiguous
+    LN_W,  # [C] g (any float dtype, read as fp32)
+    LN_B,  # [C] beta
+    Y,  # [M, C] out, dtype of the consumer (W): LN(x) rounded once from fp32
     M,
     C,
     eps,
@@ -102,19 +129,118 @@ def _layernorm_fwd_kernel(
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     rows = offs_m.to(tl.int64) * C  # [BLOCK_M] row offsets (M * C may pass 2^31)
-    mean, rstd = ln_row_stats(x_ptr + rows, m_mask, C, eps, BLOCK_M, BLOCK_K)
+    mean, rstd = ln_row_stats(X + rows, m_mask, C, eps, BLOCK_M, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(0, C, BLOCK_K):  # the same rows again, from L1/L2
         k_mask = offs_k < C - k0
         mask = m_mask[:, None] & k_mask[None, :]
         offs = rows[:, None] + (k0 + offs_k)[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(ln_w_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        beta = tl.load(ln_b_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(LN_W + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        beta = tl.load(LN_B + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
         y = ln_normalize(x, mean, rstd, g, beta)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
+# ------------------------------------------------------------------------------------------------ backward row kernels
+@triton.jit
+def _ln_prep_kernel(
+    X,  # [M, C] x, dtype X
+    DOUT,  # [M, C] upstream gradient, dtype promote(X, W)
+    SCALE,  # [B] branch scale (any float) if HAS_SCALE
+    LN_W,  # [C] gamma
+    LN_B,  # [C] beta
+    Y,  # out [M, C] LN(x) in W
+    DO,  # out [M, C] s * dout in W, if WRITE_DO
+    MEAN,  # out [M] fp32
+    RSTD,  # out [M] fp32
+    DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM
+    M,
+    C,
+    S,  # tokens per sample: the branch scale of row m is SCALE[m // S]
+    rows_per_prog,  # a multiple of BLOCK_R
+    eps,
+    BLOCK_R: tl.constexpr,  # rows per step
+    BLOCK_C: tl.constexpr,  # >= C: whole rows
+    HAS_SCALE: tl.constexpr,
+    WRITE_DO: tl.constexpr,
+    COL_SUM: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    colsum = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows_per_prog, BLOCK_R):
+        offs_r = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)  # [BLOCK_R] whole rows of C per step
+        r_mask = offs_r < M
+        rows = offs_r.to(tl.int64) * C
+        mask = r_mask[:, None] & c_mask[None, :]
+        offs = rows[:, None] + offs_c[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(X + rows, mask=r_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
+        mean, rstd, xc = ln_tile_stats(x, shift, c_mask, C, eps)  # whole rows: ln_row_stats' one-chunk case
+        tl.store(MEAN + offs_r, mean, mask=r_mask)
+        tl.store(RSTD + offs_r, rstd, mask=r_mask)
+        y = xc * rstd[:, None] * g[None, :] + beta[None, :]  # = ln_normalize(x, ...), x - mean reused
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        if WRITE_DO or COL_SUM:
+            do = tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                do = do * tl.load(SCALE + offs_r // S, mask=r_mask, other=0.0).to(tl.float32)[:, None]
+            if WRITE_DO:
+                tl.store(DO + offs, do.to(DO.dtype.element_ty), mask=mask)
+            if COL_SUM:
+                colsum += tl.sum(do, axis=0)
+    if COL_SUM:
+        tl.store(DO_COLSUM + pid.to(tl.int64) * C + offs_c, colsum, mask=c_mask)
+
+
+@triton.jit
+def _ln_bwd_kernel(
+    X,  # [M, C] x, dtype X
+    DY,  # [M, C] gradient of LN(x), any float dtype
+    DOUT,  # [M, C] upstream gradient (the residual path)
+    LN_W,  # [C] gamma
+    MEAN,  # [M] fp32
+    RSTD,  # [M] fp32
+    DX,  # out [M, C] in X
+    DG_PART,  # out [programs, C] fp32 partials of sum dy * xhat
+    DB_PART,  # out [programs, C] fp32 partials of sum dy
+    M,
+    C,
+    rows_per_prog,  # a multiple of BLOCK_R
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # >= C: whole rows
+):
+    # dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat)): whole rows, fp32 (ln_row_grad).
+    pid = tl.program_id(0)
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    dg = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows_per_prog, BLOCK_R):
+        offs_r = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)
+        r_mask = offs_r < M
+        mask = r_mask[:, None] & c_mask[None, :]
+        offs = offs_r.to(tl.int64)[:, None] * C + offs_c[None, :]
+        mean = tl.load(MEAN + offs_r, mask=r_mask, other=0.0)[:, None]
+        rstd = tl.load(RSTD + offs_r, mask=r_mask, other=0.0)[:, None]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        dout = tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+        dx = dout + rstd * ln_row_grad(xhat, dy, g, C)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        dg += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    tl.store(DG_PART + pid.to(tl.int64) * C + offs_c, dg, mask=c_mask)
+    tl.store(DB_PART + pid.to(tl.int64) * C + offs_c, db, mask=c_mask)
+
+
+# ------------------------------------------------------------------------------------------------ launchers
 def _launch_params(C: int) -> dict:
     """Tile of the forward pass, a function of C only: [BLOCK_M, BLOCK_K] chunks of 4096 fp32 values on 8 warps (16 per
     thread; BLOCK_K = 256 divides every Mixer width), at most 64 rows per program for small C."""
@@ -152,6 +278,74 @@ def layernorm_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, 
     return y
 
 
+def _row_tile(block_c: int) -> tuple[int, int]:
+    """(BLOCK_R, num_warps) of the row-wise backward kernels on GPU: [BLOCK_R, BLOCK_C] tiles of 2048 elements on 8
+    warps; 2048-wide rows (C > 1024) one at a time on 4 warps (2 rows x 8 warps leaves a small stack frame on
+    sm_80/sm_90: ptxas, measured). 4096-element tiles spilled 16 B in the LN backward on sm_80 with triton 3.6."""
+    return (1, 4) if block_c >= 2048 else (max(1, 2048 // block_c), 8)
+
+
+def _row_launch(M: int, C: int) -> tuple[int, int, int, int, int]:
+    """(rows_per_prog, programs, BLOCK_R, BLOCK_C, num_warps) of the row-wise backward kernels: a function of the
+    shapes only (and of interpreting, where fewer, fatter programs run much faster)."""
+    block_c = triton.next_power_of_2(C)
+    block_r, warps = _row_tile(block_c)
+    if INTERPRET:
+        block_r = 16
+    max_programs = 8 if INTERPRET else _MAX_ROW_PROGRAMS
+    rows_per_prog = block_r * max(1, triton.cdiv(M, block_r * max_programs))
+    return rows_per_prog, triton.cdiv(M, rows_per_prog), block_r, block_c, warps
+
+
+def row_programs(shape) -> int:
+    """Programs of the row-wise backward kernels at `shape` (rows of their per-program partials)."""
+    return _row_launch(shape.M, shape.C)[1]
+
+
+def ln_prep(
+    x: Tensor, dout: Tensor, branch_scale: Tensor | None, ln_weight: Tensor, ln_bias: Tensor, w_dtype: torch.dtype,
+    *, eps: float, col_sum: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """Row pass over x [B, S, C] and dout [B, S, C] -> (y [B,S,C] W, do [B,S,C] W, mean [B*S] fp32, rstd [B*S] fp32,
+    column partials of do [P, C] fp32 or None). do is dout itself when it is already W and unscaled (no copy)."""
+    B, S, C = x.shape
+    M = B * S
+    dev = x.device
+    write_do = branch_scale is not None or dout.dtype != w_dtype
+    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
+    y = torch.empty((B, S, C), device=dev, dtype=w_dtype)
+    do = torch.empty((B, S, C), device=dev, dtype=w_dtype) if write_do else dout
+    mean = torch.empty(M, device=dev, dtype=torch.float32)
+    rstd = torch.empty(M, device=dev, dtype=torch.float32)
+    colsum = torch.empty((programs, C), device=dev, dtype=torch.float32) if col_sum else None
+    _ln_prep_kernel[(programs,)](
+        x, dout, branch_scale if branch_scale is not None else x, ln_weight, ln_bias, y, do, mean, rstd,
+        colsum if col_sum else mean, M, C, S, rpp, eps,
+        BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=branch_scale is not None, WRITE_DO=write_do, COL_SUM=col_sum,
+        num_warps=warps,
+    )  # fmt: skip
+    return y, do, mean, rstd, colsum
+
+
+def ln_backward(
+    x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm backward fused with the residual gradient: x, dy, dout [B, S, C] (dy any float dtype); mean/rstd
+    [B*S] fp32 -> (dx [B, S, C] in x's dtype, partials of dg [P, C] fp32, partials of dbeta [P, C] fp32); the caller
+    reduces the partials (channel_mix_bwd.reduce_partials)."""
+    B, S, C = x.shape
+    M = B * S
+    rpp, programs, block_r, block_c, warps = _row_launch(M, C)
+    dx = torch.empty_like(x)
+    dg_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    db_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    _ln_bwd_kernel[(programs,)](
+        x, dy, dout, ln_weight, mean, rstd, dx, dg_part, db_part, M, C, rpp,
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+    )  # fmt: skip
+    return dx, dg_part, db_part
+
+
 def layernorm_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, out_dtype: torch.dtype) -> Tensor:
     """What layernorm_fwd computes, in PyTorch: fp32 layer_norm, one cast to out_dtype."""
     y = torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), ln_weight.float(), ln_bias.float(), eps)
@@ -171,13 +365,32 @@ def build_specs(specs: SpecSet, cases: list[Case]) -> None:
         x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
         shape = case.shape
         p = _launch_params(shape.C)
-        args = dict(x_ptr=Ptr(x_dt), ln_w_ptr=Ptr(ln_dt), ln_b_ptr=Ptr(ln_dt), y_ptr=Ptr(w_dt), M=shape.M, C=shape.C,
-                    eps=1e-6, BLOCK_M=p["BLOCK_M"], BLOCK_K=p["BLOCK_K"])  # fmt: skip
+        args = dict(X=Ptr(x_dt), LN_W=Ptr(ln_dt), LN_B=Ptr(ln_dt), Y=Ptr(w_dt), M=shape.M, C=shape.C, eps=1e-6,
+                    BLOCK_M=p["BLOCK_M"], BLOCK_K=p["BLOCK_K"])  # fmt: skip
         specs.add(_layernorm_fwd_kernel, case.route, shape, args, triton.Config({}, num_warps=p["num_warps"]))
 
 
+def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:
+    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd call them (dy in dy_dtype)."""
+    route, shape, scale = case.tag, case.shape, case.scale
+    x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
+    dout_dt = torch.promote_types(x_dt, w_dt)
+    x, ln, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(torch.float32)
+    write_do = scale or dout_dt != w_dt
+    rpp, _, block_r, block_c, warps = _row_launch(shape.M, shape.C)
+    prep = dict(X=x, DOUT=Ptr(dout_dt), SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt), DO=Ptr(w_dt if write_do else dout_dt),
+                MEAN=f32, RSTD=f32, DO_COLSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp, eps=1e-6,
+                BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
+                num_warps=warps)  # fmt: skip
+    specs.add(_ln_prep_kernel, route, shape, prep)
+    bwd = dict(X=x, DY=Ptr(dy_dtype), DOUT=Ptr(dout_dt), LN_W=ln, MEAN=f32, RSTD=f32, DX=x, DG_PART=f32, DB_PART=f32,
+               M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)  # fmt: skip
+    specs.add(_ln_bwd_kernel, route, shape, bwd)
+
+
 def gpu_build_specs() -> list[dict]:
-    """One spec per distinct (dtype route, specialisation) of the forward pass at the model shapes."""
+    """One spec per distinct (dtype route, specialisation) of the forward pass at the model shapes (the backward row
+    kernels' specs are in the backward modules' sets: add_row_kernel_specs)."""
     specs = SpecSet("layernorm")
     build_specs(specs, spec_cases())
     return specs.specs()

@@ -1,6 +1,6 @@
 """Fused final LayerNorm + mean over tokens: x [B, S, C] -> y [B, C], one launch.
 
-  mu[b, s], rstd[b, s] = fp32 statistics of x[b, s, :] over all C   (one pass, _common.ln_row_stats: Welford)
+  mu[b, s], rstd[b, s] = fp32 statistics of x[b, s, :] over all C   (one pass, layernorm.ln_row_stats: Welford)
   y[b, c] = g[c] * (1/S) * sum_s (x[b, s, c] - mu[b, s]) * rstd[b, s] + beta[c]
           = mean_s(LN(x)[b, s, c])                                        (g and beta factor out of the token mean)
 
@@ -18,8 +18,9 @@ from torch import Tensor
 
 from fastmixer.mix_args import check_norm_args
 
-from ._common import ln_row_stats, pick_configs
+from ._common import pick_configs
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
+from .layernorm import ln_row_stats
 
 
 def _configs() -> list[triton.Config]:
@@ -34,10 +35,10 @@ def _configs() -> list[triton.Config]:
 @triton.autotune(configs=pick_configs(_configs()), key=["S", "C"])
 @triton.jit
 def _norm_pool_kernel(
-    x_ptr,  # [B, S, C] X, contiguous
-    ln_w_ptr,  # [C] LayerNorm weight (any float dtype, read as fp32)
-    ln_b_ptr,  # [C] LayerNorm bias
-    out_ptr,  # [B, C] X out
+    X,  # [B, S, C] dtype X, contiguous
+    LN_W,  # [C] LayerNorm weight (any float dtype, read as fp32)
+    LN_B,  # [C] LayerNorm bias
+    OUT,  # [B, C] out, dtype X
     S,
     C,
     eps,
@@ -48,7 +49,7 @@ def _norm_pool_kernel(
     b = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    x_b = x_ptr + b * S * C  # sample b's [S, C] block
+    x_b = X + b * S * C  # sample b's [S, C] block
 
     col_sum = tl.zeros([BLOCK_C], dtype=tl.float32)  # sum_s xhat[s, c]
     for s0 in range(0, S, BLOCK_S):
@@ -61,10 +62,10 @@ def _norm_pool_kernel(
         xhat = tl.where(tile_mask, (xt - mean[:, None]) * rstd[:, None], 0.0)  # [BLOCK_S, BLOCK_C]
         col_sum += tl.sum(xhat, axis=0)
 
-    g = tl.load(ln_w_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    beta = tl.load(ln_b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + offs_c, mask=c_mask, other=0.0).to(tl.float32)
     y = col_sum / S * g + beta
-    tl.store(out_ptr + b * C + offs_c, y.to(out_ptr.dtype.element_ty), mask=c_mask)
+    tl.store(OUT + b * C + offs_c, y.to(OUT.dtype.element_ty), mask=c_mask)
 
 
 def norm_pool_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float) -> Tensor:
@@ -98,7 +99,7 @@ def gpu_build_specs() -> list[dict]:
         route, shape = case.route, case.shape
         x = Ptr(ROUTE_DTYPES[route][0])
         ln = Ptr(ROUTE_DTYPES[route][1])
-        args = dict(x_ptr=x, ln_w_ptr=ln, ln_b_ptr=ln, out_ptr=x, S=shape.S, C=shape.C, eps=1e-6)
+        args = dict(X=x, LN_W=ln, LN_B=ln, OUT=x, S=shape.S, C=shape.C, eps=1e-6)
         for i, cfg in enumerate(_configs()):
             specs.add(_norm_pool_kernel, route, shape, args, cfg, config_index=i)
     return specs.specs()

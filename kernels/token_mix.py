@@ -14,7 +14,7 @@ This is timm's `fc2(GELU(fc1(LN(x).transpose(1, 2)))).transpose(1, 2)`, transpos
 the matmul inputs (LN output and GELU output in W); everything else stays fp32 until the single store.
 
 Routes (token_mix_fwd picks; both keep the rounding points above):
-  1. `_token_stats_kernel` (always): per-token fp32 mean/rstd over C (one read of x, _common.ln_row_stats: lane
+  1. `_token_stats_kernel` (always): per-token fp32 mean/rstd over C (one read of x, layernorm.ln_row_stats: lane
      Welford, never E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
   2a. Fused, S <= 256 (S_PAD = next power of two >= 16), bf16/fp16 (x and W alike) and fp32 at "ieee":
      `_token_mix_fwd_kernel`, grid (B * cdiv(C, BLOCK_C),) on axis 0 (c-tiles of one image are neighbours, so its x
@@ -58,8 +58,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import INTERPRET, dot_precision, gelu, ln_row_stats, pick_configs
+from fastmixer.kernels._common import dot_precision, gelu, mma, pick_configs, round_to
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
+from fastmixer.kernels.layernorm import ln_row_stats
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 _STATS_BLOCK_R = 8  # token rows per stats program
@@ -86,25 +87,6 @@ def _token_stats_kernel(
 
 
 @triton.jit
-def _rtne_bf16(v):
-    """fp32 -> fp32 holding the round-to-nearest-even bf16 value of v (the interpreter's own fp32 -> bf16 cast
-    truncates, which biases every rounding point; the GPU's cast is already RTNE)."""
-    bits = v.to(tl.uint32, bitcast=True)
-    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16 << 16
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _round_w(v, W_DTYPE: tl.constexpr, INTERP_BF16: tl.constexpr):
-    """Round fp32 v to the matmul dtype W, as torch stores it. Result dtype: W, or under INTERP_BF16 fp32 carrying
-    bf16 values (the dot operands are then upcast; see the kernel's INTERP_BF16)."""
-    if INTERP_BF16:
-        return _rtne_bf16(v)
-    else:
-        return v.to(W_DTYPE)
-
-
-@triton.jit
 def _ln_tile(
     X,
     STATS,
@@ -119,7 +101,6 @@ def _ln_tile(
     g,
     beta,
     W_DTYPE: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
 ):
     """LN(x[b])[offs_s, offs_c] -> [len(offs_s), len(offs_c)] rounded to W (torch's cast before fc1), zero outside
     (smask, cmask). Row stats come from STATS (tok: STATS index of each offs_s); g, beta: [len(offs_c)] fp32."""
@@ -128,16 +109,14 @@ def _ln_tile(
     mu = tl.load(STATS + tok, mask=smask, other=0.0)
     rstd = tl.load(STATS + N_ROWS + tok, mask=smask, other=0.0)
     y = (xt.to(tl.float32) - mu[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
-    return _round_w(tl.where(mask, y, 0.0), W_DTYPE, INTERP_BF16)
+    return round_to(tl.where(mask, y, 0.0), W_DTYPE)
 
 
 @triton.jit
-def _add_residual_store(o, X, OUT, offs, mask, INTERP_BF16: tl.constexpr):
+def _add_residual_store(o, X, OUT, offs, mask):
     """OUT[offs] = X[offs] + o (o fp32, any tile orientation; one rounding, to OUT's dtype, at the store)."""
     u = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32) + o
-    if INTERP_BF16 and OUT.dtype.element_ty == tl.bfloat16:
-        u = _rtne_bf16(u)
-    tl.store(OUT + offs, u.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + offs, round_to(u, OUT.dtype.element_ty).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -161,11 +140,7 @@ def _token_mix_fwd_kernel(
     BLOCK_D: tl.constexpr,  # hidden units per loop step (N of dot 1, K of dot 2)
     BLOCK_K: tl.constexpr,  # K step of dot 1 over tokens; >= S_PAD: one dot against an LN strip kept on chip
     HAS_SCALE: tl.constexpr,
-    # Interpreter + bf16 W only: its bf16 tl.dot returns garbage (triton issue 11584) and its fp32 -> bf16 cast
-    # truncates, so operands are rounded to bf16 by hand (RTNE) and the dots run on fp32 copies of those bf16 values:
-    # exact products + fp32 accumulation, what the GPU's bf16 MMA computes. Off on GPU.
-    INTERP_BF16: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 operands
+    PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee" | "tf32" (fp32 operands only)
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     # Transposed ("attention-like") orientation: both dots have the channel tile as M, so warpgroups own disjoint
@@ -185,15 +160,10 @@ def _token_mix_fwd_kernel(
     g = tl.load(LN_W + offs_c, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(LN_B + offs_c, mask=cmask, other=0.0).to(tl.float32)
     w_dtype: tl.constexpr = W1.dtype.element_ty
-    dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else w_dtype  # W, or fp32 carrying W-rounded values
     if BLOCK_K >= S_PAD:
         # Whole LN(x[b])[:, c-tile]^T strip, [BLOCK_C, S_PAD] in W (padded tokens 0): the loop-invariant A operand
         # of dot 1, normalised once before the loop.
-        yt = tl.trans(
-            _ln_tile(
-                X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, smask, cmask, g, beta, w_dtype, INTERP_BF16
-            )
-        )
+        yt = tl.trans(_ln_tile(X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, smask, cmask, g, beta, w_dtype))
 
     acc = tl.zeros([BLOCK_C, S_PAD], dtype=tl.float32)  # (W2 H)^T strip, before b2
     for d0 in range(0, DT, BLOCK_D):
@@ -202,7 +172,7 @@ def _token_mix_fwd_kernel(
         if BLOCK_K >= S_PAD:
             # W1[d-chunk, :]^T: [S_PAD, BLOCK_D], tokens contiguous (K-major)
             w1t = tl.load(W1 + offs_d[None, :] * S + offs_s[:, None], mask=smask[:, None] & dmask[None, :], other=0.0)
-            a = tl.dot(yt, w1t.to(dot_dtype), input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_D] fp32
+            a = mma(yt, w1t, None, PRECISION)  # [BLOCK_C, BLOCK_D] fp32
         else:
             # K-split over tokens (FMA path: a whole-S dot would hold S_PAD-long operand rows in registers): each
             # [BLOCK_C, BLOCK_K] LN tile is re-normalised from x (L1/L2-resident), cheap next to the FMA dot.
@@ -212,27 +182,26 @@ def _token_mix_fwd_kernel(
                 kmask = offs_k < S
                 ykt = tl.trans(
                     _ln_tile(
-                        X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype,
-                        INTERP_BF16,
+                        X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype
                     )
                 )  # fmt: skip
                 w1t = tl.load(
                     W1 + offs_d[None, :] * S + offs_k[:, None], mask=kmask[:, None] & dmask[None, :], other=0.0
                 )
-                a = tl.dot(ykt, w1t.to(dot_dtype), a, input_precision=DOT_PRECISION)
+                a = mma(ykt, w1t, a, PRECISION)
         a += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
         # GELU in fp32, rounded to W as torch stores the activation; padded hidden units: a = 0 -> h = 0.
-        h = _round_w(gelu(a, ACT), w_dtype, INTERP_BF16)  # [BLOCK_C, BLOCK_D]
+        h = round_to(gelu(a, ACT), w_dtype)  # [BLOCK_C, BLOCK_D]
         # W2[:, d-chunk]^T: [BLOCK_D, S_PAD], hidden units contiguous (K-major)
         w2t = tl.load(W2 + offs_s[None, :] * DT + offs_d[:, None], mask=dmask[:, None] & smask[None, :], other=0.0)
-        acc = tl.dot(h, w2t.to(dot_dtype), acc, input_precision=DOT_PRECISION)  # [BLOCK_C, S_PAD]
+        acc = mma(h, w2t, acc, PRECISION)  # [BLOCK_C, S_PAD]
 
     # Epilogue: + b2, * s[b], + residual x (re-read from L2 rather than kept live across the loop), one store.
     o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[None, :]
     if HAS_SCALE:
         o = o * tl.load(SCALE + b).to(tl.float32)
     strip = img + offs_s[None, :] * C + offs_c[:, None]  # [BLOCK_C, S_PAD] offsets of x[b, :, c-tile]^T
-    _add_residual_store(o, X, OUT, strip, cmask[:, None] & smask[None, :], INTERP_BF16)
+    _add_residual_store(o, X, OUT, strip, cmask[:, None] & smask[None, :])
 
 
 @triton.jit
@@ -264,8 +233,7 @@ def _token_fc1_kernel(
     BLOCK_D: tl.constexpr,  # hidden units per program (M)
     BLOCK_C: tl.constexpr,  # channels per program (N)
     BLOCK_K: tl.constexpr,  # tokens per K step
-    INTERP_BF16: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
     ACT: tl.constexpr = "gelu",
 ):
     # Split route, GEMM 1 per image: A[d, c] = sum_s W1[d, s] LN(x[b])[s, c] + b1[d]; H = GELU(A) stored transposed
@@ -279,19 +247,16 @@ def _token_fc1_kernel(
     g = tl.load(LN_W + offs_c, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(LN_B + offs_c, mask=cmask, other=0.0).to(tl.float32)
     w_dtype: tl.constexpr = W1.dtype.element_ty
-    dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else w_dtype
     acc = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, S, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K] tokens
         kmask = offs_k < S
         w1 = tl.load(W1 + offs_d[:, None] * S + offs_k[None, :], mask=dmask[:, None] & kmask[None, :], other=0.0)
         # LN(x[b])[k-chunk, c-tile] in W: [BLOCK_K, BLOCK_C], normalised from x and the token stats
-        y = _ln_tile(
-            X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype, INTERP_BF16
-        )
-        acc = tl.dot(w1.to(dot_dtype), y, acc, input_precision=DOT_PRECISION)  # [BLOCK_D, BLOCK_C]
+        y = _ln_tile(X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype)
+        acc = mma(w1, y, acc, PRECISION)  # [BLOCK_D, BLOCK_C]
     acc += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    h = _round_w(gelu(acc, ACT), w_dtype, INTERP_BF16)  # rounded to W (torch's stored activation); exact in HT's W
+    h = round_to(gelu(acc, ACT), w_dtype)  # rounded to W (torch's stored activation); exact in HT's W
     ht = b.to(tl.int64) * C * DT + offs_c[None, :] * DT + offs_d[:, None]  # [BLOCK_D, BLOCK_C] offsets of H^T[b]
     tl.store(HT + ht, h.to(HT.dtype.element_ty), mask=dmask[:, None] & cmask[None, :])
 
@@ -311,8 +276,7 @@ def _token_fc2_kernel(
     BLOCK_C: tl.constexpr,  # channels per program (N)
     BLOCK_K: tl.constexpr,  # hidden units per K step
     HAS_SCALE: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # Split route, GEMM 2 per image: u[b, s, c] = x[b, s, c] + s[b] * (sum_d W2[s, d] H[d, c] + b2[s]). A pure main
     # loop: both operands K-major straight from memory (W2 rows, H^T rows). Grid: B * cdiv(S, BLOCK_S) *
@@ -320,7 +284,6 @@ def _token_fc2_kernel(
     b, offs_s, offs_c = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
     smask = offs_s < S
     cmask = offs_c < C
-    dot_dtype: tl.constexpr = tl.float32 if INTERP_BF16 else W2.dtype.element_ty
     hb = b.to(tl.int64) * C * DT
     acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, DT, BLOCK_K):
@@ -328,12 +291,12 @@ def _token_fc2_kernel(
         kmask = offs_k < DT
         w2 = tl.load(W2 + offs_s[:, None] * DT + offs_k[None, :], mask=smask[:, None] & kmask[None, :], other=0.0)
         h = tl.load(HT + hb + offs_c[None, :] * DT + offs_k[:, None], mask=kmask[:, None] & cmask[None, :], other=0.0)
-        acc = tl.dot(w2.to(dot_dtype), h.to(dot_dtype), acc, input_precision=DOT_PRECISION)  # [BLOCK_S, BLOCK_C]
+        acc = mma(w2, h, acc, PRECISION)  # [BLOCK_S, BLOCK_C]
     o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[:, None]
     if HAS_SCALE:
         o = o * tl.load(SCALE + b).to(tl.float32)
     strip = b.to(tl.int64) * S * C + offs_s[:, None] * C + offs_c[None, :]  # [BLOCK_S, BLOCK_C] offsets of x[b]
-    _add_residual_store(o, X, OUT, strip, smask[:, None] & cmask[None, :], INTERP_BF16)
+    _add_residual_store(o, X, OUT, strip, smask[:, None] & cmask[None, :])
 
 
 # ------------------------------------------------------------------------------------------------ autotune configs
@@ -453,21 +416,20 @@ def token_mix_fwd(
     has_scale = branch_scale is not None
     scale = branch_scale if has_scale else x  # dummy pointer, never read
     key = (route, w_dtype == torch.float32)
-    interp_bf16 = INTERPRET and w_dtype == torch.bfloat16
     if not split:
         _FUSED[key][lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)](
             x, stats, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, scale, out, n_rows, C, Dt,
-            S=S, S_PAD=_s_pad(S), HAS_SCALE=has_scale, INTERP_BF16=interp_bf16, DOT_PRECISION=precision, ACT=act,
+            S=S, S_PAD=_s_pad(S), HAS_SCALE=has_scale, PRECISION=precision, ACT=act,
         )  # fmt: skip
         return out
     ht = torch.empty((B, C, Dt), dtype=w_dtype, device=x.device)  # H^T per image
     _FC1[key][lambda meta: (B * triton.cdiv(Dt, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
         x, stats, ln_weight, ln_bias, fc1_weight, fc1_bias, ht, n_rows, C, Dt,
-        S=S, INTERP_BF16=interp_bf16, DOT_PRECISION=precision, ACT=act,
+        S=S, PRECISION=precision, ACT=act,
     )  # fmt: skip
     _FC2[key][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
         x, ht, fc2_weight, fc2_bias, scale, out, C, Dt,
-        S=S, HAS_SCALE=has_scale, INTERP_BF16=interp_bf16, DOT_PRECISION=precision,
+        S=S, HAS_SCALE=has_scale, PRECISION=precision,
     )  # fmt: skip
     return out
 
@@ -498,7 +460,7 @@ def gpu_build_specs() -> list[dict]:
         specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": 4})
         precision = dot_precision(tf32, w_dt)
         kroute = _default_route(w_dt, precision)
-        common = dict(C=shape.C, DT=shape.DT, S=shape.S, INTERP_BF16=False, DOT_PRECISION=precision)
+        common = dict(C=shape.C, DT=shape.DT, S=shape.S, PRECISION=precision)
         if not _default_split(shape.S, x_dt, w_dt, kroute):
             args = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, W2=w, B2=w, SCALE=x, OUT=out, N_ROWS=shape.M,
                         S_PAD=_s_pad(shape.S), HAS_SCALE=case.scale, ACT=case.act, **common)  # fmt: skip

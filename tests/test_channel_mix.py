@@ -95,11 +95,11 @@ def test_low_precision_three_way(dtype, B, S, C, Dc):
     """fp16/bf16 model (x and every parameter in `dtype`) by the three-way rule. The fp32 reference runs on the same
     rounded values upcast to fp32; "torch same dtype" is channel_mix_ref on the `dtype` tensors.
 
-    bf16 under the Triton interpreter: tl.dot on bf16 operands is wrong there (triton issue 11584), so the launcher sets
-    DOT_F32, which upcasts the already bf16-rounded dot operands (the LN output and GELU output after their casts to
-    bf16, and the weights) to fp32 right before tl.dot. That is numerically what the GPU's bf16 MMA does (exact
-    products of bf16 values, fp32 accumulation), so this test still covers the bf16 loads, the stores, the casts and
-    every rounding point; only the MMA instruction itself is not exercised off-GPU (on GPU DOT_F32 is off).
+    bf16 under the Triton interpreter: tl.dot on bf16 operands is wrong there (triton issue 11584), so the kernels'
+    dot helper (_common.mma) upcasts the already bf16-rounded dot operands (the LN output and GELU output after their
+    casts to bf16, and the weights) to fp32 right before tl.dot, under the interpreter only. That is numerically what
+    the GPU's bf16 MMA does (exact products of bf16 values, fp32 accumulation), so this test still covers the bf16
+    loads, the stores, the casts and every rounding point; only the MMA instruction itself is not exercised off-GPU.
     """
     args = [t.to(dtype) for t in make_inputs(B, S, C, Dc)]
     s = branch_scale(B)
@@ -244,7 +244,7 @@ class _Arg:
 def test_early_prune_picks_the_configs_for_the_dot(w_dtype, precision, expected):
     named = {"y_ptr": _Arg(w_dtype), "w1_ptr": _Arg(w_dtype), "h_ptr": _Arg(w_dtype), "w2_ptr": _Arg(w_dtype)}
     for prune in (cm._prune_fc1, cm._prune_fc2):
-        kept = prune(cm._configs(), named, INPUT_PRECISION=precision, DOT_F32=False)
+        kept = prune(cm._configs(), named, PRECISION=precision)
         assert kept == expected
         # every kept config fits the budget, which is below A100's 163 KB per block (the specs build for sm_80 too)
         assert all(cm._smem_estimate(c, w_dtype.itemsize, w_dtype.itemsize) <= cm._SMEM_BUDGET for c in kept)
@@ -269,7 +269,7 @@ def test_gemm_kernels_every_epilogue_width(block_n):
     x, _, _, w1, b1, w2, b2 = make_inputs(3, S, C, Dc)
     y = torch.randn(M, C, device=DEVICE)
     s = branch_scale(3)
-    meta = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=32, GROUP_M=8, INPUT_PRECISION="ieee", DOT_F32=False)
+    meta = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=32, GROUP_M=8, PRECISION="ieee")
     h = torch.empty(M, Dc, device=DEVICE)
     grid1 = (triton.cdiv(M, 64) * triton.cdiv(Dc, block_n),)
     cm._fc1_gelu_kernel.fn[grid1](y, w1, b1, h, M, Dc, C, **meta, ACT="gelu")

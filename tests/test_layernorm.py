@@ -1,12 +1,11 @@
 """The LayerNorm forward pass (kernels/layernorm.py) against torch's layer_norm: fp32 statistics, one rounding to the
-output dtype (the channel-mix GEMMs' dtype), rows with a large mean against their spread, K tails, many programs.
+output dtype (the channel-mix GEMMs' dtype), rows with a large mean against their spread, K tails, many programs; the
+backward row kernels (ln_prep, ln_backward) against torch autograd.
 
 Runs the compiled kernel on a GPU, else the Triton interpreter (tests/conftest.py)."""
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from fastmixer.kernels import layernorm as ln
 
@@ -79,31 +78,29 @@ def test_rejects_what_it_cannot_run():
         ln.layernorm_fwd(x, w, b, eps=1e-6, out_dtype=torch.float64)
 
 
-@triton.jit
-def _ln_grad_rows_kernel(x_ptr, dy_ptr, g_ptr, dx_ptr, C, eps, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    # test harness: the backward helpers on whole rows, with the statistics from ln_row_stats (one chunk)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    mask = (cols < C)[None, :] & (rows >= 0)[:, None]
-    offs = rows[:, None] * C + cols[None, :]
-    mean, rstd = ln.ln_row_stats(x_ptr + rows * C, rows >= 0, C, eps, BLOCK_R, BLOCK_C)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0)
-    g = tl.load(g_ptr + cols, mask=cols < C, other=0.0)
-    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-    tl.store(dx_ptr + offs, rstd[:, None] * ln.ln_row_grad(xhat, dy, g, mask, C), mask=mask)
-
-
-def test_row_grad_helper_matches_closed_form():
-    """ln_row_grad (kernels/layernorm.py, for the backward kernels): dx = rstd * (dxhat - mean(dxhat) - xhat *
-    mean(dxhat * xhat)), dxhat = dy * g, against torch autograd of layer_norm on the same rows (C = 100: masked
-    tail)."""
-    R, C = 8, 100
-    x = (3.0 + torch.randn(R, C)).to(DEVICE)
-    dy = torch.randn(R, C).to(DEVICE)
-    g = 1 + torch.arange(C, dtype=torch.float32, device=DEVICE) / C
-    dx = torch.empty_like(x)
-    _ln_grad_rows_kernel[(R // 4,)](x, dy, g, dx, C, 1e-6, BLOCK_R=4, BLOCK_C=128)
-    xr = x.clone().requires_grad_(True)
-    torch.nn.functional.layer_norm(xr, (C,), g, None, 1e-6).backward(dy)
-    torch.testing.assert_close(dx, xr.grad, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("shift", [0.0, 300.0])
+def test_backward_row_kernels_match_autograd(shift):
+    """layernorm.ln_prep and ln_backward (the backward ops' row kernels: ln_tile_stats on whole rows, ln_row_grad)
+    against torch autograd of layer_norm in float64: x [3, 24, 100] (C = 100: masked tail; 72 rows: a partly masked
+    last program), rows with mean 300 against a spread of 2 (and every 5th row's variance comparable to eps), a branch
+    scale, column partials summed by hand."""
+    B, S, C = 3, 24, 100
+    x, w, b = _inputs((B, S, C), torch.float32, shift=shift)
+    g = torch.Generator().manual_seed(1)
+    dout, dy = (torch.randn(B, S, C, generator=g).to(DEVICE) for _ in range(2))
+    scale = torch.rand(B, generator=g).to(DEVICE) + 0.5
+    y, do, mean, rstd, do_part = ln.ln_prep(x, dout, scale, w, b, torch.float32, eps=1e-6, col_sum=True)
+    xr, wr, br = (t.double().requires_grad_(True) for t in (x, w, b))
+    ref = torch.nn.functional.layer_norm(xr, (C,), wr, br, 1e-6)
+    ref.backward(dy.double())
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean.double(), x.double().mean(-1).flatten(), rtol=1e-6, atol=1e-5)
+    rstd_ref = 1 / (x.double().var(-1, unbiased=False) + 1e-6).sqrt()
+    torch.testing.assert_close(rstd.double(), rstd_ref.flatten(), rtol=1e-4, atol=0)
+    do_ref = dout * scale[:, None, None]
+    torch.testing.assert_close(do, do_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(do_part.sum(0), do_ref.sum((0, 1)), rtol=1e-5, atol=1e-4)
+    dx, dg_part, db_part = ln.ln_backward(x, dy, dout, w, mean, rstd)
+    torch.testing.assert_close(dx.double(), dout.double() + xr.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(dg_part.sum(0).double(), wr.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(db_part.sum(0).double(), br.grad, rtol=1e-5, atol=1e-4)

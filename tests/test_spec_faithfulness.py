@@ -17,7 +17,7 @@ def test_specs_are_what_the_jit_compiles(module):
     assert not result["unused"], "specs no launch compiles:\n" + "\n".join(result["unused"])
 
 
-@pytest.mark.parametrize(("module", "arg"), [("channel_mix", "M"), ("token_mix_bwd", "C"), ("norm_pool", "x_ptr")])
+@pytest.mark.parametrize(("module", "arg"), [("channel_mix", "M"), ("token_mix_bwd", "C"), ("norm_pool", "X")])
 def test_the_check_catches_a_missing_hint(module, arg):
     # Specs that forget the JIT's divisibility hint on one argument (as the hand-written backward specs once did)
     # describe code that never runs: the check must say so, naming the attrs.

@@ -10,11 +10,12 @@ Tolerances:
   * fp32: max abs error <= 1e-5 against the fp32 reference at unit-scale inputs (measured ~1e-6).
   * fp16/bf16: the three-way rule err(ours vs fp32 oracle) <= 2 * err(torch in that dtype vs oracle) + atol, the oracle
     being the reference in fp32 on the very same (already rounded) inputs and weights.
-  * bf16 under the interpreter: its tl.dot on bf16 returns garbage (triton issue 11584), so the kernel's DOT_F32 flag
-    (interpreter + bf16 only) upcasts the dot operands, which are already rounded to bf16, to fp32 before tl.dot. That
-    is what the GPU's bf16 MMA computes (exact products of bf16 values, fp32 accumulation), so the bf16 test still
-    covers the bf16 loads and stores, the LN and GELU casts to bf16 (the rounding points) and the fp32 epilogue; only
-    the MMA instruction itself is not exercised on CPU (the GPU runs it with the flag off).
+  * bf16 under the interpreter: its tl.dot on bf16 returns garbage (triton issue 11584) and its fp32 -> bf16 cast
+    truncates, so the kernels' helpers (_common.mma, _common.round_to; interpreter only) round to bf16 to nearest even
+    by hand and upcast the dot operands, already rounded to bf16, to fp32 before tl.dot. That is what the GPU's bf16
+    MMA computes (exact products of bf16 values, fp32 accumulation), so the bf16 test still covers the bf16 loads and
+    stores, the LN and GELU roundings to bf16 and the fp32 epilogue; only the MMA instruction itself is not exercised
+    on CPU (on GPU the helpers are a plain tl.dot and cast).
 """
 
 from __future__ import annotations
