@@ -59,8 +59,8 @@ def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 @triton.jit
 def _matmul_nt(
-    a_ptr,  # [M, K] row-major
-    b_ptr,  # [N, K] row-major (a weight in its nn.Linear layout)
+    A,  # [M, K] row-major
+    B,  # [N, K] row-major (a weight in its nn.Linear layout)
     row0,  # first row of this tile (pid_m * BLOCK_M)
     col0,  # first column of this tile (pid_n * BLOCK_N)
     M,
@@ -78,8 +78,8 @@ def _matmul_nt(
     rows = tl.minimum(row0 + tl.arange(0, BLOCK_M), M - 1) - row0  # [BLOCK_M] local rows
     cols = tl.minimum(col0 + tl.arange(0, BLOCK_N), N - 1) - col0  # [BLOCK_N] local columns
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = (a_ptr + row0.to(tl.int64) * K) + (rows[:, None] * K + offs_k[None, :])  # A tile [BLOCK_M, BLOCK_K]
-    b_ptrs = (b_ptr + col0.to(tl.int64) * K) + (cols[None, :] * K + offs_k[:, None])  # B tile [BLOCK_K, BLOCK_N]
+    a_ptrs = (A + row0.to(tl.int64) * K) + (rows[:, None] * K + offs_k[None, :])  # A tile [BLOCK_M, BLOCK_K]
+    b_ptrs = (B + col0.to(tl.int64) * K) + (cols[None, :] * K + offs_k[:, None])  # B tile [BLOCK_K, BLOCK_N]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
@@ -92,37 +92,37 @@ def _matmul_nt(
 
 
 @triton.jit
-def _bias_gelu_store(acc, b_ptr, out_ptr, rows_left, cols_left, ld, ACT: tl.constexpr, BM: tl.constexpr,
+def _bias_gelu_store(acc, BIAS, OUT, rows_left, cols_left, ld, ACT: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr):  # fmt: skip
     """out[i, j] = GELU(acc[i, j] + b[j]) in fp32, rounded to out's dtype, for i < rows_left, j < cols_left.
-    acc [BM, BN] fp32; b_ptr, out_ptr: the tile's first bias / output element; ld: output row stride."""
+    acc [BM, BN] fp32; BIAS, OUT: the tile's first bias / output element; ld: output row stride."""
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     n_mask = offs_n < cols_left
-    bias = tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    bias = tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     h = gelu(acc + bias[None, :], ACT)
     mask = (offs_m < rows_left)[:, None] & n_mask[None, :]
-    tl.store(out_ptr + (offs_m[:, None] * ld + offs_n[None, :]), h.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(OUT + (offs_m[:, None] * ld + offs_n[None, :]), h.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _bias_residual_store(acc, b_ptr, scale_ptr, x_ptr, out_ptr, row0, M, cols_left, ld, S, HAS_SCALE: tl.constexpr,
+def _bias_residual_store(acc, BIAS, SCALE, X, OUT, row0, M, cols_left, ld, S, HAS_SCALE: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr):  # fmt: skip
     """out[i, j] = x[i, j] + s[(row0 + i) // S] * (acc[i, j] + b[j]) in fp32, rounded to out's dtype, for rows
-    row0 + i < M and j < cols_left. acc [BM, BN] fp32; b_ptr, x_ptr, out_ptr: the tile's first bias / residual /
-    output element; ld: row stride of x and out; s read from scale_ptr only when HAS_SCALE."""
+    row0 + i < M and j < cols_left. acc [BM, BN] fp32; BIAS, X, OUT: the tile's first bias / residual /
+    output element; ld: row stride of x and out; s read from SCALE only when HAS_SCALE."""
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     m_mask = offs_m < M - row0
     n_mask = offs_n < cols_left
-    o = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    o = acc + tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_SCALE:
-        s = tl.load(scale_ptr + (row0 + offs_m) // S, mask=m_mask, other=0.0).to(tl.float32)
+        s = tl.load(SCALE + (row0 + offs_m) // S, mask=m_mask, other=0.0).to(tl.float32)
         o = o * s[:, None]
     mask = m_mask[:, None] & n_mask[None, :]
     offs = offs_m[:, None] * ld + offs_n[None, :]
-    res = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, (res + o).to(out_ptr.dtype.element_ty), mask=mask)
+    res = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, (res + o).to(OUT.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------ autotune configs
@@ -183,11 +183,11 @@ def _prune(configs, named_args, a_arg, w_arg, precision):
 
 
 def _prune_fc1(configs, named_args, **kwargs):
-    return _prune(configs, named_args, "y_ptr", "w1_ptr", kwargs.get("PRECISION", "ieee"))
+    return _prune(configs, named_args, "Y", "W1", kwargs.get("PRECISION", "ieee"))
 
 
 def _prune_fc2(configs, named_args, **kwargs):
-    return _prune(configs, named_args, "h_ptr", "w2_ptr", kwargs.get("PRECISION", "ieee"))
+    return _prune(configs, named_args, "H", "W2", kwargs.get("PRECISION", "ieee"))
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -196,10 +196,10 @@ def _prune_fc2(configs, named_args, **kwargs):
 )
 @triton.jit
 def _fc1_gelu_kernel(
-    y_ptr,  # [M, K] W: LN(x) rows (M = B * S, K = C), from the LN pass
-    w1_ptr,  # [N, K] W: fc1.weight (timm layout, N = Dc)
-    b1_ptr,  # [N] fc1.bias
-    h_ptr,  # [M, N] W out: GELU(y @ W1^T + b1)
+    Y,  # [M, K] W: LN(x) rows (M = B * S, K = C), from the LN pass
+    W1,  # [N, K] W: fc1.weight (timm layout, N = Dc)
+    B1,  # [N] fc1.bias
+    H,  # [M, N] W out: GELU(y @ W1^T + b1)
     M,
     N,
     K,
@@ -213,20 +213,20 @@ def _fc1_gelu_kernel(
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    acc = _matmul_nt(y_ptr, w1_ptr, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _matmul_nt(Y, W1, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # epilogue: + b1, GELU in fp32, one rounding to W; int64 tile base, int32 offsets inside the tile. Tiles 256
     # wide are finished in two 128-column halves: GELU's temporaries beside the whole 128-register accumulator spill.
-    h_tile = h_ptr + row0.to(tl.int64) * N + col0
+    h_tile = H + row0.to(tl.int64) * N + col0
     rows_left = M - row0
     if BLOCK_N >= 256:
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
         acc0, acc1 = tl.split(halves)
-        _bias_gelu_store(acc0, b1_ptr + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N // 2)
-        _bias_gelu_store(acc1, b1_ptr + col0 + BLOCK_N // 2, h_tile + BLOCK_N // 2, rows_left,
+        _bias_gelu_store(acc0, B1 + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N // 2)
+        _bias_gelu_store(acc1, B1 + col0 + BLOCK_N // 2, h_tile + BLOCK_N // 2, rows_left,
                          N - col0 - BLOCK_N // 2, N, ACT, BLOCK_M, BLOCK_N // 2)  # fmt: skip
     else:
-        _bias_gelu_store(acc, b1_ptr + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N)
+        _bias_gelu_store(acc, B1 + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N)
 
 
 @triton.autotune(
@@ -234,12 +234,12 @@ def _fc1_gelu_kernel(
 )
 @triton.jit
 def _fc2_residual_kernel(
-    h_ptr,  # [M, K] W: hidden activations (K = Dc)
-    w2_ptr,  # [N, K] W: fc2.weight (N = C)
-    b2_ptr,  # [N] fc2.bias
-    scale_ptr,  # [B] per-sample branch scale (read only when HAS_SCALE)
-    x_ptr,  # [M, N] X: residual
-    out_ptr,  # [M, N] promote(X, W) out: x + s[m // S] * (h @ W2^T + b2)
+    H,  # [M, K] W: hidden activations (K = Dc)
+    W2,  # [N, K] W: fc2.weight (N = C)
+    B2,  # [N] fc2.bias
+    SCALE,  # [B] per-sample branch scale (read only when HAS_SCALE)
+    X,  # [M, N] X: residual
+    OUT,  # [M, N] promote(X, W) out: x + s[m // S] * (h @ W2^T + b2)
     M,
     N,
     K,
@@ -254,20 +254,20 @@ def _fc2_residual_kernel(
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    acc = _matmul_nt(h_ptr, w2_ptr, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _matmul_nt(H, W2, row0, col0, M, N, K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # epilogue (fp32): + b2, * s[sample], + residual, one rounding to the output dtype; 256-wide tiles in two halves
     tile = row0.to(tl.int64) * N + col0  # int64 tile base; int32 offsets inside the tile
     if BLOCK_N >= 256:
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
         acc0, acc1 = tl.split(halves)
-        _bias_residual_store(acc0, b2_ptr + col0, scale_ptr, x_ptr + tile, out_ptr + tile, row0, M, N - col0, N, S,
+        _bias_residual_store(acc0, B2 + col0, SCALE, X + tile, OUT + tile, row0, M, N - col0, N, S,
                              HAS_SCALE, BLOCK_M, BLOCK_N // 2)  # fmt: skip
-        _bias_residual_store(acc1, b2_ptr + col0 + BLOCK_N // 2, scale_ptr, x_ptr + tile + BLOCK_N // 2,
-                             out_ptr + tile + BLOCK_N // 2, row0, M, N - col0 - BLOCK_N // 2, N, S, HAS_SCALE,
+        _bias_residual_store(acc1, B2 + col0 + BLOCK_N // 2, SCALE, X + tile + BLOCK_N // 2,
+                             OUT + tile + BLOCK_N // 2, row0, M, N - col0 - BLOCK_N // 2, N, S, HAS_SCALE,
                              BLOCK_M, BLOCK_N // 2)  # fmt: skip
     else:
-        _bias_residual_store(acc, b2_ptr + col0, scale_ptr, x_ptr + tile, out_ptr + tile, row0, M, N - col0, N, S,
+        _bias_residual_store(acc, B2 + col0, SCALE, X + tile, OUT + tile, row0, M, N - col0, N, S,
                              HAS_SCALE, BLOCK_M, BLOCK_N)  # fmt: skip
 
 
@@ -332,8 +332,8 @@ def gpu_build_specs() -> list[dict]:
         out = Ptr(torch.promote_types(x_dt, w_dt))
         prec = dot_precision(tf32, w_dt)
         M, C, Dc = shape.M, shape.C, shape.DC
-        fc1 = dict(y_ptr=w, w1_ptr=w, b1_ptr=w, h_ptr=w, M=M, N=Dc, K=C, PRECISION=prec, ACT=case.act)  # fmt: skip
-        fc2 = dict(h_ptr=w, w2_ptr=w, b2_ptr=w, scale_ptr=Ptr(x_dt), x_ptr=x, out_ptr=out, M=M, N=C, K=Dc, S=shape.S,
+        fc1 = dict(Y=w, W1=w, B1=w, H=w, M=M, N=Dc, K=C, PRECISION=prec, ACT=case.act)  # fmt: skip
+        fc2 = dict(H=w, W2=w, B2=w, SCALE=Ptr(x_dt), X=x, OUT=out, M=M, N=C, K=Dc, S=shape.S,
                    HAS_SCALE=case.scale, PRECISION=prec)  # fmt: skip
         for i, cfg in _gpu_configs(w_dt.itemsize, w_dt.itemsize, prec):
             specs.add(_fc1_gelu_kernel, route, shape, fc1, cfg, config_index=i)

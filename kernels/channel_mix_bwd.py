@@ -147,11 +147,11 @@ def _reduce_partials_kernel(
     idx = tl.arange(0, BLOCK)
     rin = idx >> lw
     cols = local * width + (idx & (width - 1))
-    cmask = cols < n
+    c_mask = cols < n
     acc = tl.zeros([BLOCK], dtype=tl.float32)  # row tiles added element-wise in order; one tree per column at the end
     for r0 in range(0, rows_n, BLOCK >> lw):
         rows = r0 + rin
-        acc += tl.load(src + rows.to(tl.int64) * n + cols, mask=(rows < rows_n) & cmask, other=0.0)
+        acc += tl.load(src + rows.to(tl.int64) * n + cols, mask=(rows < rows_n) & c_mask, other=0.0)
     # The store's pointer type (the parameter's dtype) differs per segment: one store per segment, the cast folded in.
     first = (N0 + (1 << L0) - 1) >> L0
     _store_segment(O0, acc, local, n, width, pid, 0, first, BLOCK, NARROW, WIDE)

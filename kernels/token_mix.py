@@ -80,10 +80,10 @@ def _token_stats_kernel(
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
-    rmask = rows < N_ROWS
-    mean, rstd = ln_row_stats(X + rows.to(tl.int64) * C, rmask, C, eps, BLOCK_R, BLOCK_K)  # B*S*C may pass 2^31
-    tl.store(STATS + rows, mean, mask=rmask)
-    tl.store(STATS + N_ROWS + rows, rstd, mask=rmask)
+    r_mask = rows < N_ROWS
+    mean, rstd = ln_row_stats(X + rows.to(tl.int64) * C, r_mask, C, eps, BLOCK_R, BLOCK_K)  # B*S*C may pass 2^31
+    tl.store(STATS + rows, mean, mask=r_mask)
+    tl.store(STATS + N_ROWS + rows, rstd, mask=r_mask)
 
 
 @triton.jit
@@ -96,18 +96,18 @@ def _ln_tile(
     C,
     offs_s,
     offs_c,
-    smask,
-    cmask,
+    s_mask,
+    c_mask,
     g,
     beta,
     W_DTYPE: tl.constexpr,
 ):
     """LN(x[b])[offs_s, offs_c] -> [len(offs_s), len(offs_c)] rounded to W (torch's cast before fc1), zero outside
-    (smask, cmask). Row stats come from STATS (tok: STATS index of each offs_s); g, beta: [len(offs_c)] fp32."""
-    mask = smask[:, None] & cmask[None, :]
+    (s_mask, c_mask). Row stats come from STATS (tok: STATS index of each offs_s); g, beta: [len(offs_c)] fp32."""
+    mask = s_mask[:, None] & c_mask[None, :]
     xt = tl.load(X + img + offs_s[:, None] * C + offs_c[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
-    mu = tl.load(STATS + tok, mask=smask, other=0.0)
-    rstd = tl.load(STATS + N_ROWS + tok, mask=smask, other=0.0)
+    mu = tl.load(STATS + tok, mask=s_mask, other=0.0)
+    rstd = tl.load(STATS + N_ROWS + tok, mask=s_mask, other=0.0)
     y = (xt.to(tl.float32) - mu[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
     return round_to(tl.where(mask, y, 0.0), W_DTYPE)
 
@@ -153,25 +153,26 @@ def _token_mix_fwd_kernel(
     b = pid // n_ct
     offs_c = (pid % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     offs_s = tl.arange(0, S_PAD)  # [S_PAD]
-    cmask = offs_c < C
-    smask = offs_s < S
+    c_mask = offs_c < C
+    s_mask = offs_s < S
     img = b.to(tl.int64) * S * C  # x[b] offset (B*S*C may exceed 2^31)
     tok = b.to(tl.int64) * S  # STATS row of token (b, 0)
-    g = tl.load(LN_W + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(LN_B + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + offs_c, mask=c_mask, other=0.0).to(tl.float32)
     w_dtype: tl.constexpr = W1.dtype.element_ty
     if BLOCK_K >= S_PAD:
         # Whole LN(x[b])[:, c-tile]^T strip, [BLOCK_C, S_PAD] in W (padded tokens 0): the loop-invariant A operand
         # of dot 1, normalised once before the loop.
-        yt = tl.trans(_ln_tile(X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, smask, cmask, g, beta, w_dtype))
+        y = _ln_tile(X, STATS, img, tok + offs_s, N_ROWS, C, offs_s, offs_c, s_mask, c_mask, g, beta, w_dtype)
+        yt = tl.trans(y)
 
     acc = tl.zeros([BLOCK_C, S_PAD], dtype=tl.float32)  # (W2 H)^T strip, before b2
     for d0 in range(0, DT, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-        dmask = offs_d < DT
+        d_mask = offs_d < DT
         if BLOCK_K >= S_PAD:
             # W1[d-chunk, :]^T: [S_PAD, BLOCK_D], tokens contiguous (K-major)
-            w1t = tl.load(W1 + offs_d[None, :] * S + offs_s[:, None], mask=smask[:, None] & dmask[None, :], other=0.0)
+            w1t = tl.load(W1 + offs_d[None, :] * S + offs_s[:, None], mask=s_mask[:, None] & d_mask[None, :], other=0.0)
             a = mma(yt, w1t, None, PRECISION)  # [BLOCK_C, BLOCK_D] fp32
         else:
             # K-split over tokens (FMA path: a whole-S dot would hold S_PAD-long operand rows in registers): each
@@ -179,29 +180,29 @@ def _token_mix_fwd_kernel(
             a = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
             for k0 in range(0, S, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
-                kmask = offs_k < S
+                k_mask = offs_k < S
                 ykt = tl.trans(
                     _ln_tile(
-                        X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype
+                        X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, k_mask, c_mask, g, beta, w_dtype
                     )
                 )  # fmt: skip
                 w1t = tl.load(
-                    W1 + offs_d[None, :] * S + offs_k[:, None], mask=kmask[:, None] & dmask[None, :], other=0.0
+                    W1 + offs_d[None, :] * S + offs_k[:, None], mask=k_mask[:, None] & d_mask[None, :], other=0.0
                 )
                 a = mma(ykt, w1t, a, PRECISION)
-        a += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        a += tl.load(B1 + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         # GELU in fp32, rounded to W as torch stores the activation; padded hidden units: a = 0 -> h = 0.
         h = round_to(gelu(a, ACT), w_dtype)  # [BLOCK_C, BLOCK_D]
         # W2[:, d-chunk]^T: [BLOCK_D, S_PAD], hidden units contiguous (K-major)
-        w2t = tl.load(W2 + offs_s[None, :] * DT + offs_d[:, None], mask=dmask[:, None] & smask[None, :], other=0.0)
+        w2t = tl.load(W2 + offs_s[None, :] * DT + offs_d[:, None], mask=d_mask[:, None] & s_mask[None, :], other=0.0)
         acc = mma(h, w2t, acc, PRECISION)  # [BLOCK_C, S_PAD]
 
     # Epilogue: + b2, * s[b], + residual x (re-read from L2 rather than kept live across the loop), one store.
-    o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[None, :]
+    o = acc + tl.load(B2 + offs_s, mask=s_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_SCALE:
         o = o * tl.load(SCALE + b).to(tl.float32)
     strip = img + offs_s[None, :] * C + offs_c[:, None]  # [BLOCK_C, S_PAD] offsets of x[b, :, c-tile]^T
-    _add_residual_store(o, X, OUT, strip, cmask[:, None] & smask[None, :])
+    _add_residual_store(o, X, OUT, strip, c_mask[:, None] & s_mask[None, :])
 
 
 @triton.jit
@@ -240,25 +241,25 @@ def _token_fc1_kernel(
     # (H^T[b, c, d], hidden units contiguous) so that GEMM 2 reads it K-major. Grid: B * cdiv(DT, BLOCK_D) *
     # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
     b, offs_d, offs_c = _image_tile(tl.program_id(0), DT, C, BLOCK_D, BLOCK_C)  # [BLOCK_D], [BLOCK_C]
-    dmask = offs_d < DT
-    cmask = offs_c < C
+    d_mask = offs_d < DT
+    c_mask = offs_c < C
     img = b.to(tl.int64) * S * C
     tok = b.to(tl.int64) * S
-    g = tl.load(LN_W + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(LN_B + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + offs_c, mask=c_mask, other=0.0).to(tl.float32)
     w_dtype: tl.constexpr = W1.dtype.element_ty
     acc = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, S, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K] tokens
-        kmask = offs_k < S
-        w1 = tl.load(W1 + offs_d[:, None] * S + offs_k[None, :], mask=dmask[:, None] & kmask[None, :], other=0.0)
+        k_mask = offs_k < S
+        w1 = tl.load(W1 + offs_d[:, None] * S + offs_k[None, :], mask=d_mask[:, None] & k_mask[None, :], other=0.0)
         # LN(x[b])[k-chunk, c-tile] in W: [BLOCK_K, BLOCK_C], normalised from x and the token stats
-        y = _ln_tile(X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, kmask, cmask, g, beta, w_dtype)
+        y = _ln_tile(X, STATS, img, tok + offs_k, N_ROWS, C, offs_k, offs_c, k_mask, c_mask, g, beta, w_dtype)
         acc = mma(w1, y, acc, PRECISION)  # [BLOCK_D, BLOCK_C]
-    acc += tl.load(B1 + offs_d, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    acc += tl.load(B1 + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
     h = round_to(gelu(acc, ACT), w_dtype)  # rounded to W (torch's stored activation); exact in HT's W
     ht = b.to(tl.int64) * C * DT + offs_c[None, :] * DT + offs_d[:, None]  # [BLOCK_D, BLOCK_C] offsets of H^T[b]
-    tl.store(HT + ht, h.to(HT.dtype.element_ty), mask=dmask[:, None] & cmask[None, :])
+    tl.store(HT + ht, h.to(HT.dtype.element_ty), mask=d_mask[:, None] & c_mask[None, :])
 
 
 @triton.jit
@@ -282,21 +283,21 @@ def _token_fc2_kernel(
     # loop: both operands K-major straight from memory (W2 rows, H^T rows). Grid: B * cdiv(S, BLOCK_S) *
     # cdiv(C, BLOCK_C) on axis 0, c-tiles fastest.
     b, offs_s, offs_c = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
-    smask = offs_s < S
-    cmask = offs_c < C
+    s_mask = offs_s < S
+    c_mask = offs_c < C
     hb = b.to(tl.int64) * C * DT
     acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, DT, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K] hidden units
-        kmask = offs_k < DT
-        w2 = tl.load(W2 + offs_s[:, None] * DT + offs_k[None, :], mask=smask[:, None] & kmask[None, :], other=0.0)
-        h = tl.load(HT + hb + offs_c[None, :] * DT + offs_k[:, None], mask=kmask[:, None] & cmask[None, :], other=0.0)
+        k_mask = offs_k < DT
+        w2 = tl.load(W2 + offs_s[:, None] * DT + offs_k[None, :], mask=s_mask[:, None] & k_mask[None, :], other=0.0)
+        h = tl.load(HT + hb + offs_c[None, :] * DT + offs_k[:, None], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         acc = mma(w2, h, acc, PRECISION)  # [BLOCK_S, BLOCK_C]
-    o = acc + tl.load(B2 + offs_s, mask=smask, other=0.0).to(tl.float32)[:, None]
+    o = acc + tl.load(B2 + offs_s, mask=s_mask, other=0.0).to(tl.float32)[:, None]
     if HAS_SCALE:
         o = o * tl.load(SCALE + b).to(tl.float32)
     strip = b.to(tl.int64) * S * C + offs_s[:, None] * C + offs_c[None, :]  # [BLOCK_S, BLOCK_C] offsets of x[b]
-    _add_residual_store(o, X, OUT, strip, smask[:, None] & cmask[None, :])
+    _add_residual_store(o, X, OUT, strip, s_mask[:, None] & c_mask[None, :])
 
 
 # ------------------------------------------------------------------------------------------------ autotune configs

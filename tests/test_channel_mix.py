@@ -242,7 +242,7 @@ class _Arg:
     ],
 )
 def test_early_prune_picks_the_configs_for_the_dot(w_dtype, precision, expected):
-    named = {"y_ptr": _Arg(w_dtype), "w1_ptr": _Arg(w_dtype), "h_ptr": _Arg(w_dtype), "w2_ptr": _Arg(w_dtype)}
+    named = {"Y": _Arg(w_dtype), "W1": _Arg(w_dtype), "H": _Arg(w_dtype), "W2": _Arg(w_dtype)}
     for prune in (cm._prune_fc1, cm._prune_fc2):
         kept = prune(cm._configs(), named, PRECISION=precision)
         assert kept == expected
