@@ -133,7 +133,7 @@ def test_deterministic(kind):
 @pytest.mark.parametrize("S", [576, 784], ids=["S576", "S784"])
 @pytest.mark.parametrize("kind", ["token", "channel"])
 def test_large_token_counts_small_width(kind, S):
-    """384 / 448 px token counts (S = 576, 784: S_PAD 1024 in the token-mix kernel) at a small width, fp32, against
+    """384 / 448 px token counts (S = 576, 784: many ragged K steps of the token GEMMs) at a small width, fp32, against
     the closed form (measured worst ~7e-7 relative)."""
     case = make_case(kind, (1, S, 24, 21, 40))
     for name, g, c in zip(NAMES, ours(kind, *case), closed_form(kind, *case)):
