@@ -112,37 +112,37 @@ def _token_dgrad_kernel(
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
     # a = W1 y[b] and dh = W2^T do[b] share one K loop over the S tokens of image b.
-    b, rd, rc = _image_tile(tl.program_id(0), D, C, BLOCK_D, BLOCK_C)  # [BLOCK_D], [BLOCK_C]
-    rk = tl.arange(0, BLOCK_K)
-    dmask = rd < D
-    cmask = rc < C
+    b, offs_d, offs_c = _image_tile(tl.program_id(0), D, C, BLOCK_D, BLOCK_C)  # [BLOCK_D], [BLOCK_C]
+    offs_k = tl.arange(0, BLOCK_K)
+    d_mask = offs_d < D
+    c_mask = offs_c < C
     img = b.to(tl.int64) * S * C
     # W1's contiguous axis is K: out-of-range rows read row 0 (never stored). W2^T's is M (d): masked, not clamped,
     # so its contiguity stays visible. y/do: contiguous along C (N), masked likewise.
-    w1_ptrs = W1 + tl.where(dmask, rd, 0)[:, None] * S + rk[None, :]  # [BD, BK] = W1[d, k]
-    w2_ptrs = W2 + rk[None, :] * D + rd[:, None]  # [BD, BK] = W2[k, d]^T
-    y_ptrs = Y + img + rk[:, None] * C + rc[None, :]  # [BK, BC]
-    do_ptrs = DO + img + rk[:, None] * C + rc[None, :]  # [BK, BC]
+    w1_ptrs = W1 + tl.where(d_mask, offs_d, 0)[:, None] * S + offs_k[None, :]  # [BD, BK] = W1[d, k]
+    w2_ptrs = W2 + offs_k[None, :] * D + offs_d[:, None]  # [BD, BK] = W2[k, d]^T
+    y_ptrs = Y + img + offs_k[:, None] * C + offs_c[None, :]  # [BK, BC]
+    do_ptrs = DO + img + offs_k[:, None] * C + offs_c[None, :]  # [BK, BC]
     acc_a = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
     acc_dh = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, S, BLOCK_K):
-        kmask = (k0 + rk) < S
-        w1 = tl.load(w1_ptrs, mask=kmask[None, :], other=0.0)
-        w2t = tl.load(w2_ptrs, mask=dmask[:, None] & kmask[None, :], other=0.0)
-        y = tl.load(y_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
-        do = tl.load(do_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        k_mask = (k0 + offs_k) < S
+        w1 = tl.load(w1_ptrs, mask=k_mask[None, :], other=0.0)
+        w2t = tl.load(w2_ptrs, mask=d_mask[:, None] & k_mask[None, :], other=0.0)
+        y = tl.load(y_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
+        do = tl.load(do_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         acc_a += _dot(w1, y, DOT_F32, PRECISION)
         acc_dh += _dot(w2t, do, DOT_F32, PRECISION)
         w1_ptrs += BLOCK_K
         w2_ptrs += BLOCK_K * D
         y_ptrs += BLOCK_K * C
         do_ptrs += BLOCK_K * C
-    a = acc_a + tl.load(B1 + rd, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    a = acc_a + tl.load(B1 + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
     h, dgelu = gelu_and_grad(a, ACT)
-    omask = dmask[:, None] & cmask[None, :]
-    off = b.to(tl.int64) * D * C + rd[:, None] * C + rc[None, :]  # [BD, BC] offsets of h[b] / da[b]
-    tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
-    tl.store(DA + off, (acc_dh * dgelu).to(DA.dtype.element_ty), mask=omask)  # rounded once to W, as torch does
+    o_mask = d_mask[:, None] & c_mask[None, :]
+    off = b.to(tl.int64) * D * C + offs_d[:, None] * C + offs_c[None, :]  # [BD, BC] offsets of h[b] / da[b]
+    tl.store(H + off, h.to(H.dtype.element_ty), mask=o_mask)
+    tl.store(DA + off, (acc_dh * dgelu).to(DA.dtype.element_ty), mask=o_mask)  # rounded once to W, as torch does
 
 
 @triton.jit
@@ -160,22 +160,22 @@ def _token_dy_kernel(
     PRECISION: tl.constexpr,
 ):
     # dy[b] = W1^T da[b]: K loop over the D hidden units; W1^T is an M-major operand (contiguous along s).
-    b, rs, rc = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
-    rk = tl.arange(0, BLOCK_K)
-    smask = rs < S
-    cmask = rc < C
-    w1_ptrs = W1 + rk[None, :] * S + rs[:, None]  # [BS, BK] = W1[k, s]^T
-    da_ptrs = DA + b.to(tl.int64) * D * C + rk[:, None] * C + rc[None, :]  # [BK, BC]
+    b, offs_s, offs_c = _image_tile(tl.program_id(0), S, C, BLOCK_S, BLOCK_C)  # [BLOCK_S], [BLOCK_C]
+    offs_k = tl.arange(0, BLOCK_K)
+    s_mask = offs_s < S
+    c_mask = offs_c < C
+    w1_ptrs = W1 + offs_k[None, :] * S + offs_s[:, None]  # [BS, BK] = W1[k, s]^T
+    da_ptrs = DA + b.to(tl.int64) * D * C + offs_k[:, None] * C + offs_c[None, :]  # [BK, BC]
     acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
-        kmask = (k0 + rk) < D
-        w1t = tl.load(w1_ptrs, mask=smask[:, None] & kmask[None, :], other=0.0)
-        da = tl.load(da_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        k_mask = (k0 + offs_k) < D
+        w1t = tl.load(w1_ptrs, mask=s_mask[:, None] & k_mask[None, :], other=0.0)
+        da = tl.load(da_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         acc += _dot(w1t, da, DOT_F32, PRECISION)
         w1_ptrs += BLOCK_K * S
         da_ptrs += BLOCK_K * C
-    off = b.to(tl.int64) * S * C + rs[:, None] * C + rc[None, :]  # [BS, BC] offsets of dy[b]
-    tl.store(DY + off, acc.to(DY.dtype.element_ty), mask=smask[:, None] & cmask[None, :])
+    off = b.to(tl.int64) * S * C + offs_s[:, None] * C + offs_c[None, :]  # [BS, BC] offsets of dy[b]
+    tl.store(DY + off, acc.to(DY.dtype.element_ty), mask=s_mask[:, None] & c_mask[None, :])
 
 
 # One autotuner per operand route and kernel: each with its own config list, over the same JIT functions.
