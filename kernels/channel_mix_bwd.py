@@ -37,25 +37,13 @@ from torch import Tensor
 
 from fastmixer.kernels._common import INTERPRET, dot_precision, gelu_and_grad, mma, pick_configs
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs  # + token_mix_bwd
+from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Rows of the dual GEMM tile: fixed (not autotuned) because the db1 partials have one row per m-tile.
 DUAL_BLOCK_M = 64
 # Every dual GEMM config's BLOCK_K divides this: C % DUAL_K_MULTIPLE == 0 lets the kernel drop its K mask (EVEN_K).
 DUAL_K_MULTIPLE = 64
-
-
-def _f32_dot_needed(w_dtype: torch.dtype) -> bool:
-    """Deprecated (token_mix_bwd's DOT_F32 until it calls _common.mma): interpreter and bf16."""
-    return INTERPRET and w_dtype == torch.bfloat16
-
-
-@triton.jit
-def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    """Deprecated (token_mix_bwd until it calls _common.mma): a @ b in fp32 via mma, which does the interpreter's bf16
-    upcast itself (DOT_F32 is ignored)."""
-    return mma(a, b, None, PRECISION)
 
 
 # ------------------------------------------------------------------------------------------------ partial sums
@@ -278,19 +266,19 @@ def _dual_gemm_kernel(
     pid_m = first_m + (pid % group) % group_rows
     pid_n = (pid % group) // group_rows
 
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    mmask = rm < M
-    nmask = rn < D
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < D
     # Out-of-range rows of y/do and W1 read row 0 instead of being masked (their contiguous axis is K, which alone needs
-    # a mask); they are never stored. W2's contiguous axis is N: clamping rn there would hide its contiguity (16-bit
+    # a mask); they are never stored. W2's contiguous axis is N: clamping offs_n there would hide its contiguity (16-bit
     # scalar loads through registers, and a wgmma wait every step), so its columns are masked instead (a mask constant
     # over 16 columns when D % 16 == 0: vector cp.async).
-    y_ptrs = Y + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
-    do_ptrs = DO + tl.where(mmask, rm, 0).to(tl.int64)[:, None] * C + rk[None, :]  # [BM, BK]
-    w1_ptrs = W1 + tl.where(nmask, rn, 0)[None, :] * C + rk[:, None]  # [BK, BN] = W1[rn, k]^T
-    w2_ptrs = W2 + rn[None, :] + rk[:, None] * D  # [BK, BN] = W2[k, rn]
+    y_ptrs = Y + tl.where(m_mask, offs_m, 0).to(tl.int64)[:, None] * C + offs_k[None, :]  # [BM, BK]
+    do_ptrs = DO + tl.where(m_mask, offs_m, 0).to(tl.int64)[:, None] * C + offs_k[None, :]  # [BM, BK]
+    w1_ptrs = W1 + tl.where(n_mask, offs_n, 0)[None, :] * C + offs_k[:, None]  # [BK, BN] = W1[offs_n, k]^T
+    w2_ptrs = W2 + offs_n[None, :] + offs_k[:, None] * D  # [BK, BN] = W2[k, offs_n]
     acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_dh = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
@@ -298,27 +286,27 @@ def _dual_gemm_kernel(
             y = tl.load(y_ptrs)
             do = tl.load(do_ptrs)
             w1t = tl.load(w1_ptrs)
-            w2 = tl.load(w2_ptrs, mask=nmask[None, :], other=0.0)
+            w2 = tl.load(w2_ptrs, mask=n_mask[None, :], other=0.0)
         else:
-            kmask = (k0 + rk) < C
-            y = tl.load(y_ptrs, mask=kmask[None, :], other=0.0)
-            do = tl.load(do_ptrs, mask=kmask[None, :], other=0.0)
-            w1t = tl.load(w1_ptrs, mask=kmask[:, None], other=0.0)
-            w2 = tl.load(w2_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            k_mask = (k0 + offs_k) < C
+            y = tl.load(y_ptrs, mask=k_mask[None, :], other=0.0)
+            do = tl.load(do_ptrs, mask=k_mask[None, :], other=0.0)
+            w1t = tl.load(w1_ptrs, mask=k_mask[:, None], other=0.0)
+            w2 = tl.load(w2_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc_a = mma(y, w1t, acc_a, PRECISION)
         acc_dh = mma(do, w2, acc_dh, PRECISION)
         y_ptrs += BLOCK_K
         do_ptrs += BLOCK_K
         w1_ptrs += BLOCK_K
         w2_ptrs += BLOCK_K * D
-    a = acc_a + tl.load(B1 + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    omask = mmask[:, None] & nmask[None, :]
+    a = acc_a + tl.load(B1 + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
     h, dgelu = gelu_and_grad(a, ACT)
-    da = tl.where(omask, acc_dh * dgelu, 0.0)
-    off = rm.to(tl.int64)[:, None] * D + rn[None, :]
-    tl.store(H + off, h.to(H.dtype.element_ty), mask=omask)
-    tl.store(DA + off, da.to(DA.dtype.element_ty), mask=omask)
-    tl.store(DB1_PART + pid_m.to(tl.int64) * D + rn, tl.sum(da, axis=0), mask=nmask)
+    da = tl.where(out_mask, acc_dh * dgelu, 0.0)
+    off = offs_m.to(tl.int64)[:, None] * D + offs_n[None, :]
+    tl.store(H + off, h.to(H.dtype.element_ty), mask=out_mask)
+    tl.store(DA + off, da.to(DA.dtype.element_ty), mask=out_mask)
+    tl.store(DB1_PART + pid_m.to(tl.int64) * D + offs_n, tl.sum(da, axis=0), mask=n_mask)
 
 
 # One autotuner per operand width (fp32 vs 16-bit): their config lists differ.

@@ -41,18 +41,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import dot_precision, gelu_and_grad, pick_configs
+from fastmixer.kernels._common import dot_precision, gelu_and_grad, mma, pick_configs
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.kernels.channel_mix_bwd import (
-    _dot,
-    _f32_dot_needed,
-    add_reduce_spec,
-    add_row_kernel_specs,
-    ln_backward,
-    ln_prep,
-    reduce_partials,
-    row_programs,
-)
+from fastmixer.kernels.channel_mix_bwd import add_reduce_spec, reduce_partials
+from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs
 from fastmixer.kernels.token_mix import _image_tile
 from fastmixer.mix_args import MixArgs, check_launch_args
 
@@ -107,7 +99,6 @@ def _token_dgrad_kernel(
     BLOCK_D: tl.constexpr,  # hidden units per program (M)
     BLOCK_C: tl.constexpr,  # channels per program (N)
     BLOCK_K: tl.constexpr,  # tokens per K step
-    DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
 ):
@@ -131,8 +122,8 @@ def _token_dgrad_kernel(
         w2t = tl.load(w2_ptrs, mask=d_mask[:, None] & k_mask[None, :], other=0.0)
         y = tl.load(y_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         do = tl.load(do_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
-        acc_a += _dot(w1, y, DOT_F32, PRECISION)
-        acc_dh += _dot(w2t, do, DOT_F32, PRECISION)
+        acc_a = mma(w1, y, acc_a, PRECISION)
+        acc_dh = mma(w2t, do, acc_dh, PRECISION)
         w1_ptrs += BLOCK_K
         w2_ptrs += BLOCK_K * D
         y_ptrs += BLOCK_K * C
@@ -156,7 +147,6 @@ def _token_dy_kernel(
     BLOCK_S: tl.constexpr,  # tokens per program (M)
     BLOCK_C: tl.constexpr,  # channels per program (N)
     BLOCK_K: tl.constexpr,  # hidden units per K step
-    DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # dy[b] = W1^T da[b]: K loop over the D hidden units; W1^T is an M-major operand (contiguous along s).
@@ -171,7 +161,7 @@ def _token_dy_kernel(
         k_mask = (k0 + offs_k) < D
         w1t = tl.load(w1_ptrs, mask=s_mask[:, None] & k_mask[None, :], other=0.0)
         da = tl.load(da_ptrs, mask=k_mask[:, None] & c_mask[None, :], other=0.0)
-        acc += _dot(w1t, da, DOT_F32, PRECISION)
+        acc = mma(w1t, da, acc, PRECISION)
         w1_ptrs += BLOCK_K * S
         da_ptrs += BLOCK_K * C
     off = b.to(tl.int64) * S * C + offs_s[:, None] * C + offs_c[None, :]  # [BS, BC] offsets of dy[b]
@@ -225,7 +215,6 @@ def _wgrad_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # Both weight gradients in one launch: out[p, q] = sum_{b, k} A[b, p, k] BM[b, q, k] and rowsum[p] = sum_{b, k}
@@ -271,7 +260,7 @@ def _wgrad_kernel(
         kmask = k < C
         a = tl.load(a0 + bb * P * C + (rpc[:, None] * C + k[None, :]), mask=kmask[None, :], other=0.0)  # [BP, BK]
         bt = tl.load(bm0 + bb * Q * C + (rqc[None, :] * C + k[:, None]), mask=kmask[:, None], other=0.0)  # [BK, BQ]
-        acc += _dot(a, bt, DOT_F32, PRECISION)
+        acc = mma(a, bt, acc, PRECISION)
         rsum += tl.sum(a.to(tl.float32), axis=1)
     OUT = DW2_PART
     ROWSUM = DB2_PART
@@ -328,7 +317,6 @@ def _wgrad_launch(
         d,
         c,
         b_per_split,
-        DOT_F32=_f32_dot_needed(do.dtype),
         PRECISION=dot_precision(allow_tf32, do.dtype),
     )
     return dw2, db2, dw1, db1
@@ -351,12 +339,11 @@ def token_mix_bwd(
     dy = torch.empty((B, S, C), device=x.device, dtype=w_dtype)
     precision = dot_precision(allow_tf32, w_dtype)
     route = _route(w_dtype, precision)
-    dot_f32 = _f32_dot_needed(w_dtype)
     _DGRAD[route][lambda meta: (B * triton.cdiv(D, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
-        y, do, fc1_weight, fc1_bias, fc2_weight, h, da, C, D, S=S, DOT_F32=dot_f32, PRECISION=precision, ACT=act,
+        y, do, fc1_weight, fc1_bias, fc2_weight, h, da, C, D, S=S, PRECISION=precision, ACT=act,
     )  # fmt: skip
     _DY[route][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
-        da, fc1_weight, dy, C, D, S=S, DOT_F32=dot_f32, PRECISION=precision,
+        da, fc1_weight, dy, C, D, S=S, PRECISION=precision,
     )  # fmt: skip
     dw2_part, db2_part, dw1_part, db1_part = _wgrad_launch(do, h, da, y, allow_tf32=allow_tf32)
     dx, dg_part, dbeta_part = ln_backward(x, dy, dout, ln_weight, mean, rstd)
@@ -391,7 +378,7 @@ def gpu_build_specs() -> list[dict]:
         precision = dot_precision(tf32, w_dt)
         groute = _route(w_dt, precision)
         B, S, C, D = shape.batch, shape.S, shape.C, shape.DT
-        common = dict(C=C, D=D, S=S, DOT_F32=False, PRECISION=precision)
+        common = dict(C=C, D=D, S=S, PRECISION=precision)
         dgrad = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, ACT=case.act, **common)
         for i, cfg in enumerate(_gemm_configs("dgrad", groute)):
             specs.add(_token_dgrad_kernel, route, shape, dgrad, cfg, config_index=i)
@@ -400,7 +387,7 @@ def gpu_build_specs() -> list[dict]:
         b_per_split = triton.cdiv(B, _wgrad_split(B, S, D))
         split = triton.cdiv(B, b_per_split)
         wgrad = dict(DO=w, H=w, DA=w, Y=w, DW2_PART=f32, DB2_PART=f32, DW1_PART=f32, DB1_PART=f32, NB=B, S=S, D=D, C=C,
-                     b_per_split=b_per_split, DOT_F32=False, PRECISION=precision)  # fmt: skip
+                     b_per_split=b_per_split, PRECISION=precision)  # fmt: skip
         for i, cfg in _wgrad_gpu_configs(w_dt.itemsize, precision):
             specs.add(_wgrad_kernel, route, shape, wgrad, cfg, config_index=i)
         rows = row_programs(shape)
