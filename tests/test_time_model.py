@@ -108,7 +108,7 @@ def _fc2_launch(M=50176, N=768, K=3072):
     def grid(meta):
         return (-(-M // meta["BLOCK_M"]) * -(-N // meta["BLOCK_N"]),)
 
-    args = dict(M=M, N=N, K=K, S=196, HAS_SCALE=False, INPUT_PRECISION="ieee", DOT_F32=True)
+    args = dict(M=M, N=N, K=K, S=196, HAS_SCALE=False, PRECISION="ieee")
     return _Launch("_fc2_residual_kernel", args, grid, nbytes=2 * (M * K + N * K + 2 * M * N))
 
 
@@ -145,7 +145,7 @@ def test_report_rows_match_dtype_shape_and_batch():
         fx.row("_token_mix_fwd_kernel", dict(S=196, S_PAD=256, BLOCK_C=32), dtype="fp32+bf16"),
     ]
     rep = fx.report(rows)
-    args = dict(S=196, S_PAD=256, INTERP_BF16=True, HAS_SCALE=False)
+    args = dict(S=196, S_PAD=256, HAS_SCALE=False)
     assert [r["config"] for r in tm.report_rows(rep, "_token_mix_fwd_kernel", "bf16", ("B", 196, 256), args)] == [
         "cfg0"
     ]
