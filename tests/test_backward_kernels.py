@@ -227,3 +227,18 @@ def test_bad_arguments():
     bad[3] = bad[3].half()
     with pytest.raises(TypeError, match="fc1_bias must have fc1_weight's dtype"):
         channel_mix_bwd(dout, MixArgs(x, *bad), eps=EPS, allow_tf32=False)
+
+
+def test_dgrad_prune_matches_the_specs():
+    """The token dgrad autotuner's prune and the AOT specs agree: the tanh GELU drops the 4-warp 64x128 tiles (they
+    spill on sm_90 with triton 3.6), exact GELU keeps every config, and the kernel report builds exactly those."""
+    from fastmixer.kernels import token_mix_bwd as tmb
+
+    y = torch.empty(1, 4, 4, dtype=torch.bfloat16)
+    every = tmb._gemm_configs("dgrad", "16")
+    exact = tmb._prune_dgrad(every, {"Y": y}, PRECISION="ieee", ACT="gelu")
+    tanh = tmb._prune_dgrad(every, {"Y": y}, PRECISION="ieee", ACT="gelu_tanh")
+    assert exact == every
+    assert tanh and len(tanh) < len(every)
+    assert all(not (c.num_warps == 4 and c.kwargs["BLOCK_C"] == 128) for c in tanh)
+    assert tanh == [c for _, c in tmb._dgrad_gpu_configs("16", "gelu_tanh")]
