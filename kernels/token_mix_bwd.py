@@ -5,10 +5,10 @@ Forward per sample b (y = LN(x[b]) is [S, C], cast to W; s = branch_scale[b] or 
 Backward (do = s * dout[b], [S, C]):
     dh = W2^T do;  da = dh * GELU'(a);  dy = W1^T da                       (per sample, [Dt, C] / [S, C])
     dW2 = sum_b do h^T [S, Dt];  dW1 = sum_b da y^T [Dt, S];  db2 = sum_{b,c} do;  db1 = sum_{b,c} da
-    then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd.
+    then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd (kernels/layernorm.py).
 
 Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
-  1. channel_mix_bwd._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
+  1. layernorm._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
      (only when dout is not already that).
   2. _token_dgrad_kernel: per image b, one dual GEMM over K = S tokens for a [BLOCK_D, BLOCK_C] tile of [Dt, C]:
      a = W1 y[b] and dh = W2^T do[b] (W2 read transposed: an M-major operand), two fp32 accumulators; the epilogue adds
@@ -21,7 +21,7 @@ Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or cas
      contraction runs over (b, c), which is not one strided axis of any [B, S, C] / [B, Dt, C] layout, so cuBLAS would
      need transposed copies (or B launches); this kernel indexes the layout directly. Split-K over b: each split writes
      fp32 partials [SPLIT, P, Q] and [SPLIT, P] (SPLIT depends on shapes only).
-  5. channel_mix_bwd._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
+  5. layernorm._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
   6. channel_mix_bwd._reduce_partials_kernel: the six partial buffers (dg, dbeta, dW1, db1, dW2, db2) summed in a fixed
      order in one launch, each stored in its parameter's dtype.
 Why 2 + 3 are split (and not one fused kernel per (b, C-tile) keeping [S, BLOCK_C] strips of y, do and dy resident,
