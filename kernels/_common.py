@@ -53,6 +53,12 @@ def dot_precision(allow_tf32: bool, dtype: torch.dtype) -> str:
     return "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
 
 
+def keep_configs(configs: list[triton.Config], kept: list[triton.Config]) -> list[triton.Config]:
+    """An autotuner's early_config_prune result: its configs that are in `kept` (the ones a launch may autotune over),
+    or its first one when none is (under the interpreter only the first is listed)."""
+    return [c for c in configs if c in kept] or configs[:1]
+
+
 def pick_configs(configs: list[triton.Config]) -> list[triton.Config]:
     """All configs on a GPU; under the interpreter only the first (by convention the conservative one that always
     fits)."""

@@ -39,7 +39,7 @@ from torch import Tensor
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 from . import layernorm
-from ._common import dot_precision, gelu, mma, pick_configs
+from ._common import dot_precision, gelu, keep_configs, mma, pick_configs
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 
@@ -179,7 +179,7 @@ def _gpu_configs(a_bytes: int, w_bytes: int, precision: str) -> list[tuple[int, 
 
 def _prune(configs, named_args, a_arg, w_arg, precision):
     kept = [c for _, c in _gpu_configs(named_args[a_arg].element_size(), named_args[w_arg].element_size(), precision)]
-    return [c for c in configs if any(c is k for k in kept)] or configs[:1]
+    return keep_configs(configs, kept)
 
 
 def _prune_fc1(configs, named_args, **kwargs):

@@ -46,6 +46,11 @@ DUAL_BLOCK_M = 64
 DUAL_K_MULTIPLE = 64
 
 
+def _even_k(C: int) -> bool:
+    """The dual GEMM's EVEN_K constexpr (launcher and AOT spec alike): every config's K steps tile C exactly."""
+    return C % DUAL_K_MULTIPLE == 0
+
+
 # ------------------------------------------------------------------------------------------------ partial sums
 # One launch per op reduces all of its fp32 partial buffers (per-program column partials of the row kernels, per-m-tile
 # partials of the dual GEMM, split-K partials of the token-mix weight gradients) and stores each total in its
@@ -348,7 +353,7 @@ def channel_mix_bwd(
         D,
         BLOCK_M=DUAL_BLOCK_M,
         GROUP_M=8,
-        EVEN_K=C % DUAL_K_MULTIPLE == 0,
+        EVEN_K=_even_k(C),
         PRECISION=dot_precision(allow_tf32, w_dtype),
         ACT=act,
     )
@@ -393,7 +398,7 @@ def gpu_build_specs() -> list[dict]:
                                       (triton.cdiv(shape.M, DUAL_BLOCK_M), D, w_dt)])  # fmt: skip
         w = Ptr(w_dt)
         dual = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DB1_PART=Ptr(torch.float32), M=shape.M, C=shape.C,
-                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, EVEN_K=shape.C % DUAL_K_MULTIPLE == 0,
+                    D=shape.DC, BLOCK_M=DUAL_BLOCK_M, GROUP_M=8, EVEN_K=_even_k(shape.C),
                     PRECISION=dot_precision(tf32, w_dt), ACT=case.act)  # fmt: skip
         for i, cfg in enumerate(_dual_configs(w_dt == torch.float32)):
             specs.add(_dual_gemm_kernel, route, shape, dual, cfg, config_index=i)

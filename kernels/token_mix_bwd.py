@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import dot_precision, gelu_and_grad, mma, pick_configs
+from fastmixer.kernels._common import dot_precision, gelu_and_grad, keep_configs, mma, pick_configs
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.kernels.channel_mix_bwd import add_reduce_spec, reduce_partials
 from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs
@@ -97,8 +97,7 @@ def _dgrad_gpu_configs(route: str, act: str) -> list[tuple[int, triton.Config]]:
 
 def _prune_dgrad(configs, named_args, **kwargs):
     route = _route(named_args["Y"].dtype, kwargs.get("PRECISION", "ieee"))
-    kept = [c for _, c in _dgrad_gpu_configs(route, kwargs.get("ACT", "gelu"))]
-    return [c for c in configs if c in kept] or configs[:1]
+    return keep_configs(configs, [c for _, c in _dgrad_gpu_configs(route, kwargs.get("ACT", "gelu"))])
 
 
 @triton.jit
@@ -216,7 +215,7 @@ def _wgrad_gpu_configs(a_bytes: int, precision: str) -> list[tuple[int, triton.C
 
 def _prune_wgrad(configs, named_args, **kwargs):
     kept = [c for _, c in _wgrad_gpu_configs(named_args["DO"].element_size(), kwargs.get("PRECISION", "ieee"))]
-    return [c for c in configs if c in kept] or configs[:1]
+    return keep_configs(configs, kept)
 
 
 @triton.jit(do_not_specialize=["S", "D"])
