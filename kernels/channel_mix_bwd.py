@@ -10,8 +10,8 @@ Backward (do = s * dout):
 Launches (channel_mix_bwd): 4 Triton + 3 cuBLAS = 7, nothing else (no host sums, no casts).
   1. layernorm._ln_prep_kernel (Triton, row-wise): recomputes the fp32 row stats from x (ln_tile_stats; nothing
      but x is saved by the forward), writes y = LN(x) in W (read by two consumers below, so it is materialised once,
-     transiently), do = s*dout in W (only when dout is not already that: branch scale or autocast), and fp32
-     per-program column partials of do (db2).
+     transiently), and only when dout is not already do in W (branch scale or autocast): do = s*dout in W with fp32
+     per-program column partials of do (db2). Otherwise it reads x alone.
   2. _dual_gemm_kernel (Triton): one K-loop over C feeds two accumulators, a = y W1^T and dh = do W2, for the same
      [BLOCK_M, BLOCK_N] tile of [M, Dc]; the epilogue adds b1, emits h = GELU(a) (for dW2) and da = dh * GELU'(a) in W,
      and per-m-tile fp32 column partials of da (db1). Recomputing a here costs one extra GEMM but saves storing a/h.
@@ -19,7 +19,8 @@ Launches (channel_mix_bwd): 4 Triton + 3 cuBLAS = 7, nothing else (no host sums,
      store; the LN backward needs whole rows of dy, which no GEMM tile holds), so they go to cuBLAS (torch.mm, which
      follows torch's fp32 matmul precision: the same setting the forward's allow_tf32 came from).
   4. layernorm._ln_bwd_kernel (Triton, row-wise): LayerNorm backward over full rows (ln_row_grad) fused with the
-     residual gradient (+ dout) and fp32 per-program column partials of dg and dbeta.
+     residual gradient (+ dout) and fp32 per-program column partials of dg and dbeta, and of dout (db2) when
+     ln_prep did not take them: it reads dout for the residual anyway.
   5. _reduce_partials_kernel (Triton): the four partial buffers (dg, dbeta, db1, db2) reduced in one launch, each total
      stored in its parameter's dtype (the cast folded into the store). token_mix_bwd uses it too (six buffers).
 Determinism: every reduction is either inside one program in a fixed order or a cuBLAS GEMM, and the partial buffers'
@@ -360,7 +361,11 @@ def channel_mix_bwd(
     dw2 = torch.mm(do.t(), h)  # [C, Dc]
     dw1 = torch.mm(da.t(), y)  # [Dc, C]
     dy = torch.mm(da, fc1_weight)  # [M, C] in W
-    dx, dg_part, dbeta_part = ln_backward(x, dy.view(B, S, C), dout, ln_weight, mean, rstd)
+    # db2's partials: from ln_prep where it writes do, else (do = dout) from the LN backward, which reads dout anyway
+    dx, dg_part, dbeta_part, dout_part = ln_backward(
+        x, dy.view(B, S, C), dout, ln_weight, mean, rstd, dout_sum=db2_part is None
+    )
+    db2_part = dout_part if db2_part is None else db2_part
     dg, dbeta, db1, db2 = (torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_bias, fc2_bias))
     # the long segments (thousands of rows of row-kernel partials) first: their programs start first
     reduce_partials([(dg_part, dg), (dbeta_part, dbeta), (db2_part, db2), (db1_part, db1)])

@@ -24,10 +24,11 @@ Forward kernel and launcher:
     fc1). One read of x from memory (the normalising loop re-reads the program's rows from L1/L2), one write of y.
 Backward (the row-wise kernels of channel_mix_bwd and token_mix_bwd, whole rows of C per step, s = branch scale):
     `_ln_prep_kernel` / `ln_prep`: mean/rstd recomputed from x by ln_tile_stats (nothing but x is saved by the
-    forward), y = LN(x) in W, do = s * dout in W (only when dout is not already that) and fp32 per-program column
-    partials of do (a bias gradient of the caller's).
+    forward), y = LN(x) in W, and only where dout is not already do (branch scale or autocast): do = s * dout in W
+    with fp32 per-program column partials of do (a bias gradient of the caller's). Otherwise it reads no dout.
     `_ln_bwd_kernel` / `ln_backward`: dx = dout + rstd * ln_row_grad(...) (the residual path fused in) and fp32
-    per-program column partials of dg and dbeta.
+    per-program column partials of dg and dbeta, and of dout when asked (the caller's bias gradient when do = dout:
+    this pass reads dout anyway, so ln_prep need not read it at all: one W-sized read less per channel-mix backward).
     Their partial buffers are [programs, C], programs a function of the shapes only (row_programs): no atomics; the
     caller reduces them all in one launch (channel_mix_bwd.reduce_partials). Their AOT specs belong to the backward
     modules' sets (add_row_kernel_specs).
@@ -43,8 +44,11 @@ from torch import Tensor
 from ._common import INTERPRET
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
-# Upper bound on programs of the row-wise backward kernels (their per-program column partials are [programs, C] fp32).
-_MAX_ROW_PROGRAMS = 2048
+# Upper bound on programs of the row-wise backward kernels (their per-program column partials are [programs, C] fp32,
+# written by them and read back by the reduce launch): 3 x 132, one full wave of the LN backward on H100/H200 (3 CTAs/SM
+# in the kernel report; ln_prep fits 4-5). At 2048 the partials were 12 MB per LN backward at B/16 batch 256; at 396
+# they are 2.3 MB. A constant, not the device's SM count: partials (and so the sums' rounding) depend on shapes only.
+_MAX_ROW_PROGRAMS = 396
 
 
 # ------------------------------------------------------------------------------------------------ jit helpers
@@ -154,7 +158,7 @@ def _ln_prep_kernel(
     DO,  # out [M, C] s * dout in W, if WRITE_DO
     MEAN,  # out [M] fp32
     RSTD,  # out [M] fp32
-    DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM
+    DO_COLSUM,  # out [programs, C] fp32 column partials of s * dout, if COL_SUM (only with WRITE_DO)
     M,
     C,
     S,  # tokens per sample: the branch scale of row m is SCALE[m // S]
@@ -163,9 +167,10 @@ def _ln_prep_kernel(
     BLOCK_R: tl.constexpr,  # rows per step
     BLOCK_C: tl.constexpr,  # >= C: whole rows
     HAS_SCALE: tl.constexpr,
-    WRITE_DO: tl.constexpr,
+    WRITE_DO: tl.constexpr,  # else DOUT, DO are not read (placeholders)
     COL_SUM: tl.constexpr,
 ):
+    tl.static_assert(WRITE_DO or not COL_SUM, "ln_prep: column partials of do only where do is written")
     pid = tl.program_id(0)
     offs_c = tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
@@ -185,12 +190,11 @@ def _ln_prep_kernel(
         tl.store(RSTD + offs_r, rstd, mask=r_mask)
         y = xc * rstd[:, None] * g[None, :] + beta[None, :]  # = ln_normalize(x, ...), x - mean reused
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
-        if WRITE_DO or COL_SUM:
+        if WRITE_DO:
             do = tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 do = do * tl.load(SCALE + offs_r // S, mask=r_mask, other=0.0).to(tl.float32)[:, None]
-            if WRITE_DO:
-                tl.store(DO + offs, do.to(DO.dtype.element_ty), mask=mask)
+            tl.store(DO + offs, do.to(DO.dtype.element_ty), mask=mask)
             if COL_SUM:
                 colsum += tl.sum(do, axis=0)
     if COL_SUM:
@@ -208,11 +212,13 @@ def _ln_bwd_kernel(
     DX,  # out [M, C] in X
     DG_PART,  # out [programs, C] fp32 partials of sum dy * xhat
     DB_PART,  # out [programs, C] fp32 partials of sum dy
+    DOUT_PART,  # out [programs, C] fp32 partials of sum dout, if DOUT_SUM
     M,
     C,
     rows_per_prog,  # a multiple of BLOCK_R
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,  # >= C: whole rows
+    DOUT_SUM: tl.constexpr,
 ):
     # dx = dout + rstd * (dy*g - mean_C(dy*g) - xhat * mean_C(dy*g*xhat)): whole rows, fp32 (ln_row_grad).
     pid = tl.program_id(0)
@@ -221,6 +227,7 @@ def _ln_bwd_kernel(
     g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
     dg = tl.zeros([BLOCK_C], dtype=tl.float32)
     db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dsum = tl.zeros([BLOCK_C], dtype=tl.float32)
     for r0 in range(0, rows_per_prog, BLOCK_R):
         offs_r = pid * rows_per_prog + r0 + tl.arange(0, BLOCK_R)
         r_mask = offs_r < M
@@ -236,8 +243,12 @@ def _ln_bwd_kernel(
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         dg += tl.sum(dy * xhat, axis=0)
         db += tl.sum(dy, axis=0)
+        if DOUT_SUM:
+            dsum += tl.sum(dout, axis=0)
     tl.store(DG_PART + pid.to(tl.int64) * C + offs_c, dg, mask=c_mask)
     tl.store(DB_PART + pid.to(tl.int64) * C + offs_c, db, mask=c_mask)
+    if DOUT_SUM:
+        tl.store(DOUT_PART + pid.to(tl.int64) * C + offs_c, dsum, mask=c_mask)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -302,16 +313,25 @@ def row_programs(shape) -> int:
     return _row_launch(shape.M, shape.C)[1]
 
 
+def prep_writes_do(dout_dtype: torch.dtype, has_scale: bool, w_dtype: torch.dtype) -> bool:
+    """Whether ln_prep writes do = s * dout in W (a branch scale, or dout not in W: autocast); else do is dout itself
+    and ln_prep reads no dout."""
+    return has_scale or dout_dtype != w_dtype
+
+
 def ln_prep(
     x: Tensor, dout: Tensor, branch_scale: Tensor | None, ln_weight: Tensor, ln_bias: Tensor, w_dtype: torch.dtype,
     *, eps: float, col_sum: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
-    """Row pass over x [B, S, C] and dout [B, S, C] -> (y [B,S,C] W, do [B,S,C] W, mean [B*S] fp32, rstd [B*S] fp32,
-    column partials of do [P, C] fp32 or None). do is dout itself when it is already W and unscaled (no copy)."""
+    """Row pass over x [B, S, C] (and dout [B, S, C] where it writes do) -> (y [B,S,C] W, do [B,S,C] W, mean [B*S]
+    fp32, rstd [B*S] fp32, column partials of do [P, C] fp32 or None). do is dout itself when it is already W and
+    unscaled (prep_writes_do false: no copy, dout not read). The column partials (col_sum) come from here only where
+    do is written; otherwise None, and the caller asks ln_backward for them (dout_sum=True), which reads dout anyway."""
     B, S, C = x.shape
     M = B * S
     dev = x.device
-    write_do = branch_scale is not None or dout.dtype != w_dtype
+    write_do = prep_writes_do(dout.dtype, branch_scale is not None, w_dtype)
+    col_sum = col_sum and write_do
     rpp, programs, block_r, block_c, warps = _row_launch(M, C)
     y = torch.empty((B, S, C), device=dev, dtype=w_dtype)
     do = torch.empty((B, S, C), device=dev, dtype=w_dtype) if write_do else dout
@@ -319,8 +339,8 @@ def ln_prep(
     rstd = torch.empty(M, device=dev, dtype=torch.float32)
     colsum = torch.empty((programs, C), device=dev, dtype=torch.float32) if col_sum else None
     _ln_prep_kernel[(programs,)](
-        x, dout, branch_scale if branch_scale is not None else x, ln_weight, ln_bias, y, do, mean, rstd,
-        colsum if col_sum else mean, M, C, S, rpp, eps,
+        x, dout if write_do else x, branch_scale if branch_scale is not None else x, ln_weight, ln_bias, y,
+        do if write_do else x, mean, rstd, colsum if col_sum else mean, M, C, S, rpp, eps,
         BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=branch_scale is not None, WRITE_DO=write_do, COL_SUM=col_sum,
         num_warps=warps,
     )  # fmt: skip
@@ -328,22 +348,24 @@ def ln_prep(
 
 
 def ln_backward(
-    x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, dy: Tensor, dout: Tensor, ln_weight: Tensor, mean: Tensor, rstd: Tensor, *, dout_sum: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """LayerNorm backward fused with the residual gradient: x, dy, dout [B, S, C] (dy any float dtype); mean/rstd
-    [B*S] fp32 -> (dx [B, S, C] in x's dtype, partials of dg [P, C] fp32, partials of dbeta [P, C] fp32); the caller
-    reduces the partials (channel_mix_bwd.reduce_partials)."""
+    [B*S] fp32 -> (dx [B, S, C] in x's dtype, partials of dg [P, C] fp32, partials of dbeta [P, C] fp32, partials of
+    the column sums of dout [P, C] fp32 if dout_sum else None); the caller reduces the partials
+    (channel_mix_bwd.reduce_partials). P = row_programs: the same partial layout as ln_prep's."""
     B, S, C = x.shape
     M = B * S
     rpp, programs, block_r, block_c, warps = _row_launch(M, C)
     dx = torch.empty_like(x)
     dg_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
     db_part = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    dout_part = torch.empty((programs, C), device=x.device, dtype=torch.float32) if dout_sum else None
     _ln_bwd_kernel[(programs,)](
-        x, dy, dout, ln_weight, mean, rstd, dx, dg_part, db_part, M, C, rpp,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        x, dy, dout, ln_weight, mean, rstd, dx, dg_part, db_part, dout_part if dout_sum else dg_part, M, C, rpp,
+        BLOCK_R=block_r, BLOCK_C=block_c, DOUT_SUM=dout_sum, num_warps=warps,
     )  # fmt: skip
-    return dx, dg_part, db_part
+    return dx, dg_part, db_part, dout_part
 
 
 def layernorm_ref(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, out_dtype: torch.dtype) -> Tensor:
@@ -371,20 +393,22 @@ def build_specs(specs: SpecSet, cases: list[Case]) -> None:
 
 
 def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:
-    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum) and token_mix_bwd call them (dy in dy_dtype)."""
+    """Specs of ln_prep and ln_backward as channel_mix_bwd (col_sum: the do column partials, from ln_prep where it
+    writes do, else from ln_backward) and token_mix_bwd call them (dy in dy_dtype)."""
     route, shape, scale = case.tag, case.shape, case.scale
     x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
     dout_dt = torch.promote_types(x_dt, w_dt)
     x, ln, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(torch.float32)
-    write_do = scale or dout_dt != w_dt
+    write_do = prep_writes_do(dout_dt, scale, w_dt)
     rpp, _, block_r, block_c, warps = _row_launch(shape.M, shape.C)
-    prep = dict(X=x, DOUT=Ptr(dout_dt), SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt), DO=Ptr(w_dt if write_do else dout_dt),
-                MEAN=f32, RSTD=f32, DO_COLSUM=f32, M=shape.M, C=shape.C, S=shape.S, rows_per_prog=rpp, eps=1e-6,
-                BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do, COL_SUM=col_sum,
-                num_warps=warps)  # fmt: skip
+    prep = dict(X=x, DOUT=Ptr(dout_dt) if write_do else x, SCALE=x, LN_W=ln, LN_B=ln, Y=Ptr(w_dt),
+                DO=Ptr(w_dt) if write_do else x, MEAN=f32, RSTD=f32, DO_COLSUM=f32, M=shape.M, C=shape.C, S=shape.S,
+                rows_per_prog=rpp, eps=1e-6, BLOCK_R=block_r, BLOCK_C=block_c, HAS_SCALE=scale, WRITE_DO=write_do,
+                COL_SUM=col_sum and write_do, num_warps=warps)  # fmt: skip
     specs.add(_ln_prep_kernel, route, shape, prep)
     bwd = dict(X=x, DY=Ptr(dy_dtype), DOUT=Ptr(dout_dt), LN_W=ln, MEAN=f32, RSTD=f32, DX=x, DG_PART=f32, DB_PART=f32,
-               M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)  # fmt: skip
+               DOUT_PART=f32, M=shape.M, C=shape.C, rows_per_prog=rpp, BLOCK_R=block_r, BLOCK_C=block_c,
+               DOUT_SUM=col_sum and not write_do, num_warps=warps)  # fmt: skip
     specs.add(_ln_bwd_kernel, route, shape, bwd)
 
 

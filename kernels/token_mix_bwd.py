@@ -9,7 +9,7 @@ Backward (do = s * dout[b], [S, C]):
 
 Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
   1. layernorm._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
-     (only when dout is not already that).
+     (only when dout is not already that; otherwise no read of dout).
   2. _token_dgrad_kernel: per image b, one dual GEMM over K = S tokens for a [BLOCK_D, BLOCK_C] tile of [Dt, C]:
      a = W1 y[b] and dh = W2^T do[b] (W2 read transposed: an M-major operand), two fp32 accumulators; the epilogue adds
      b1 and stores h = GELU(a) and da = dh * GELU'(a) in W ([B, Dt, C], for the weight gradients and dy; da rounded
@@ -367,7 +367,7 @@ def token_mix_bwd(
         da, fc1_weight, dy, C, D, S=S, PRECISION=precision,
     )  # fmt: skip
     dw2_part, db2_part, dw1_part, db1_part = _wgrad_launch(do, h, da, y, allow_tf32=allow_tf32)
-    dx, dg_part, dbeta_part = ln_backward(x, dy, dout, ln_weight, mean, rstd)
+    dx, dg_part, dbeta_part, _ = ln_backward(x, dy, dout, ln_weight, mean, rstd)
     grads = [torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
     parts = (dg_part, dbeta_part, dw1_part, db1_part, dw2_part, db2_part)
     reduce_partials(list(zip(parts, grads)))  # one launch, each total stored in its parameter's dtype

@@ -194,3 +194,10 @@ def test_block_backward_launch_budget(triton_backend, drop_path):
     inside = [k.name for k in bwd if k.op in ("token_mix_bwd", "channel_mix_bwd")]
     assert [n for n in inside if n.startswith("aten.")] == ["aten.mm"] * 3, inside
     assert inside.count("_reduce_partials_kernel") == 2, inside  # one deterministic reduction per op
+    # The LN prep passes read dout only where they write do (branch scale; fp32 here, so dout is already in W
+    # otherwise): x, ln weight/bias -> y, mean, rstd is all they touch without drop-path (db2's column sums then come
+    # from the LN backward, which reads dout anyway).
+    M, C = 3 * 16, 24
+    preps = [k.bytes for k in bwd if k.name == "_ln_prep_kernel"]
+    bare = 4 * (2 * M * C + 2 * C + 2 * M)
+    assert len(preps) == 2 and all(b == bare if drop_path == 0 else b >= bare + 4 * 2 * M * C for b in preps), preps

@@ -78,18 +78,21 @@ def test_rejects_what_it_cannot_run():
         ln.layernorm_fwd(x, w, b, eps=1e-6, out_dtype=torch.float64)
 
 
+@pytest.mark.parametrize("scaled", [True, False], ids=["branch-scale", "do-is-dout"])
 @pytest.mark.parametrize("shift", [0.0, 300.0])
-def test_backward_row_kernels_match_autograd(shift):
+def test_backward_row_kernels_match_autograd(shift, scaled):
     """layernorm.ln_prep and ln_backward (the backward ops' row kernels: ln_tile_stats on whole rows, ln_row_grad)
     against torch autograd of layer_norm in float64: x [3, 24, 100] (C = 100: masked tail; 72 rows: a partly masked
-    last program), rows with mean 300 against a spread of 2 (and every 5th row's variance comparable to eps), a branch
-    scale, column partials summed by hand."""
+    last program), rows with mean 300 against a spread of 2 (and every 5th row's variance comparable to eps), column
+    partials summed by hand. With a branch scale ln_prep writes do and its column partials; without one (dout already
+    in W) do is dout itself, ln_prep reads no dout and the column partials of dout come from ln_backward."""
     B, S, C = 3, 24, 100
     x, w, b = _inputs((B, S, C), torch.float32, shift=shift)
     g = torch.Generator().manual_seed(1)
     dout, dy = (torch.randn(B, S, C, generator=g).to(DEVICE) for _ in range(2))
-    scale = torch.rand(B, generator=g).to(DEVICE) + 0.5
+    scale = torch.rand(B, generator=g).to(DEVICE) + 0.5 if scaled else None
     y, do, mean, rstd, do_part = ln.ln_prep(x, dout, scale, w, b, torch.float32, eps=1e-6, col_sum=True)
+    assert (do is dout) == (do_part is None) == (not scaled)
     xr, wr, br = (t.double().requires_grad_(True) for t in (x, w, b))
     ref = torch.nn.functional.layer_norm(xr, (C,), wr, br, 1e-6)
     ref.backward(dy.double())
@@ -97,10 +100,11 @@ def test_backward_row_kernels_match_autograd(shift):
     torch.testing.assert_close(mean.double(), x.double().mean(-1).flatten(), rtol=1e-6, atol=1e-5)
     rstd_ref = 1 / (x.double().var(-1, unbiased=False) + 1e-6).sqrt()
     torch.testing.assert_close(rstd.double(), rstd_ref.flatten(), rtol=1e-4, atol=0)
-    do_ref = dout * scale[:, None, None]
+    do_ref = dout * scale[:, None, None] if scaled else dout
     torch.testing.assert_close(do, do_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(do_part.sum(0), do_ref.sum((0, 1)), rtol=1e-5, atol=1e-4)
-    dx, dg_part, db_part = ln.ln_backward(x, dy, dout, w, mean, rstd)
+    dx, dg_part, db_part, dout_part = ln.ln_backward(x, dy, dout, w, mean, rstd, dout_sum=not scaled)
+    assert (dout_part is None) == scaled
+    torch.testing.assert_close((do_part if scaled else dout_part).sum(0), do_ref.sum((0, 1)), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(dx.double(), dout.double() + xr.grad, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(dg_part.sum(0).double(), wr.grad, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(db_part.sum(0).double(), br.grad, rtol=1e-5, atol=1e-4)
