@@ -14,8 +14,9 @@ This is timm's `fc2(GELU(fc1(LN(x).transpose(1, 2)))).transpose(1, 2)`, transpos
 the matmul inputs (LN output and GELU output in W); everything else stays fp32 until the single store.
 
 Routes (token_mix_fwd picks; both keep the rounding points above):
-  1. `_token_stats_kernel` (always): per-token fp32 mean/rstd over C (one read of x, layernorm.ln_row_stats: lane
-     Welford, never E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
+  1. `_token_stats_kernel` (always): per-token fp32 mean/rstd over C (one read of x; whole rows in registers with
+     layernorm.ln_tile_stats, the shifted two-pass, up to C = 2048, else ln_row_stats' lane Welford in chunks; never
+     E[x^2] - E[x]^2) -> stats [2, B*S] fp32 (8 bytes per token).
   2a. Fused, S <= 256 (S_PAD = next power of two >= 16), bf16/fp16 (x and W alike) and fp32 at "ieee":
      `_token_mix_fwd_kernel`, grid (B * cdiv(C, BLOCK_C),) on axis 0 (c-tiles of one image are neighbours, so its x
      slab and the weights stay in L2). Transposed ("attention-like") so that BOTH dots have the channel tile as M:
@@ -60,11 +61,16 @@ from torch import Tensor
 
 from fastmixer.kernels._common import dot_precision, gelu, mma, pick_configs, round_to
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.kernels.layernorm import ln_row_stats
+from fastmixer.kernels.layernorm import ln_row_stats, ln_tile_stats
 from fastmixer.mix_args import MixArgs, check_launch_args
 
-_STATS_BLOCK_R = 8  # token rows per stats program
-_STATS_MAX_K = 512  # channel chunk of the stats pass: [8, 512] fp32 = 32 registers/thread at 4 warps
+# Stats pass: one warp per program, so a row's sums are warp shuffles (no shared-memory round trip between warps).
+# sm_90 SASS, bf16, C = 768 (whole rows of 1024 lanes): warp-instructions per row 608 with [4, 1024] on 4 warps,
+# 348 with [2, 1024] on 1 warp, 326 with [4, 1024] on 1 warp (128 fp32 values per thread); the old chunked
+# Welford ([8, 512] on 4 warps) 1367 per 8 rows.
+_STATS_WARPS = 1
+_STATS_TILE = 2048  # [BLOCK_R, BLOCK_K] values per program: 64 per thread
+_STATS_MAX_K = 2048  # whole rows up to C = 2048 (every Mixer width); wider rows in 256-channel Welford chunks
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -77,11 +83,20 @@ def _token_stats_kernel(
     eps,
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_K: tl.constexpr,  # channels per chunk (power of two)
+    WHOLE_ROWS: tl.constexpr,  # BLOCK_K >= C: the rows in registers, one chunk
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
     r_mask = rows < N_ROWS
-    mean, rstd = ln_row_stats(X + rows.to(tl.int64) * C, r_mask, C, eps, BLOCK_R, BLOCK_K)  # B*S*C may pass 2^31
+    row_ptrs = X + rows.to(tl.int64) * C  # B*S*C may pass 2^31
+    if WHOLE_ROWS:  # ln_row_stats' one-chunk case on the rows in registers: no per-lane Welford state
+        offs_c = tl.arange(0, BLOCK_K)
+        c_mask = offs_c < C
+        x = tl.load(row_ptrs[:, None] + offs_c[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
+        shift = tl.load(row_ptrs, mask=r_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
+        mean, rstd, _ = ln_tile_stats(x.to(tl.float32), shift, c_mask, C, eps)
+    else:
+        mean, rstd = ln_row_stats(row_ptrs, r_mask, C, eps, BLOCK_R, BLOCK_K)
     tl.store(STATS + rows, mean, mask=r_mask)
     tl.store(STATS + N_ROWS + rows, rstd, mask=r_mask)
 
@@ -374,8 +389,13 @@ def _default_split(S: int, x_dtype: torch.dtype, w_dtype: torch.dtype, route: st
     return _is_split(S) or (route == "mma" and (w_dtype == torch.float32 or x_dtype != w_dtype))
 
 
-def _stats_block_k(C: int) -> int:
-    return min(_STATS_MAX_K, max(16, triton.next_power_of_2(C)))
+def stats_tile(C: int) -> dict[str, int | bool]:
+    """Constexprs of the stats pass (_STATS_WARPS warps): whole rows (BLOCK_K = next power of two >= C) up to 2048
+    channels, [BLOCK_R, BLOCK_K] = _STATS_TILE values per program; wider rows: 2 rows in 256-channel Welford chunks."""
+    block_k = max(16, triton.next_power_of_2(C))
+    if block_k > _STATS_MAX_K:
+        return dict(BLOCK_R=2, BLOCK_K=256, WHOLE_ROWS=False)
+    return dict(BLOCK_R=max(1, min(64, _STATS_TILE // block_k)), BLOCK_K=block_k, WHOLE_ROWS=True)
 
 
 def token_mix_fwd(
@@ -411,8 +431,9 @@ def token_mix_fwd(
         raise ValueError(f"token_mix_fwd: S = {S} needs the split route (fused route: S <= {_MAX_FUSED_S_PAD})")
     n_rows = B * S
     stats = torch.empty((2, n_rows), dtype=torch.float32, device=x.device)  # mean, rstd
-    _token_stats_kernel[(triton.cdiv(n_rows, _STATS_BLOCK_R),)](
-        x, stats, n_rows, C, float(eps), BLOCK_R=_STATS_BLOCK_R, BLOCK_K=_stats_block_k(C), num_warps=4
+    tile = stats_tile(C)
+    _token_stats_kernel[(triton.cdiv(n_rows, tile["BLOCK_R"]),)](
+        x, stats, n_rows, C, float(eps), **tile, num_warps=_STATS_WARPS
     )
     has_scale = branch_scale is not None
     scale = branch_scale if has_scale else x  # dummy pointer, never read
@@ -456,9 +477,8 @@ def gpu_build_specs() -> list[dict]:
         x_dt, ln_dt, w_dt, tf32 = ROUTE_DTYPES[case.route]
         x, ln, w, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt), Ptr(torch.float32)
         out = Ptr(torch.promote_types(x_dt, w_dt))
-        stats = dict(X=x, STATS=f32, N_ROWS=shape.M, C=shape.C, eps=1e-6, BLOCK_R=_STATS_BLOCK_R,
-                     BLOCK_K=_stats_block_k(shape.C))  # fmt: skip
-        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": 4})
+        stats = dict(X=x, STATS=f32, N_ROWS=shape.M, C=shape.C, eps=1e-6, **stats_tile(shape.C))
+        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": _STATS_WARPS})
         precision = dot_precision(tf32, w_dt)
         kroute = _default_route(w_dt, precision)
         common = dict(C=shape.C, DT=shape.DT, S=shape.S, PRECISION=precision)

@@ -114,13 +114,17 @@ def test_fp32_real_b16_block_shape():
     assert err <= FP32_ATOL, f"max abs err {err:.3e} > {FP32_ATOL:.0e}"
 
 
-def test_stats_are_stable_with_large_mean():
-    # Per-token mean 1e3, std 1: E[x^2] - E[x]^2 in fp32 would lose the variance (~6% error); the chunked Welford merge
-    # (C = 600: a 512 chunk and a masked 88 one) must not.
+@pytest.mark.parametrize("block_k", [1024, 256], ids=["whole-rows", "chunked"])
+def test_stats_are_stable_with_large_mean(block_k):
+    # Per-token mean 1e3, std 1: E[x^2] - E[x]^2 in fp32 would lose the variance (~6% error); neither the shifted
+    # two-pass on whole rows (C = 600 in a 1024-wide masked tile: the launcher's stats_tile) nor the chunked Welford
+    # merge (two 256 chunks and a masked 88 one: the route of rows wider than 2048) may.
+    assert tm.stats_tile(600)["BLOCK_K"] == 1024 and tm.stats_tile(600)["WHOLE_ROWS"]
     g = torch.Generator().manual_seed(3)
     x = (1000.0 + torch.randn(2, 5, 600, generator=g)).to(DEVICE)
     stats = torch.empty((2, 10), dtype=torch.float32, device=DEVICE)
-    tm._token_stats_kernel[(2,)](x, stats, 10, 600, EPS, BLOCK_R=tm._STATS_BLOCK_R, BLOCK_K=tm._stats_block_k(600))
+    whole = block_k >= 600  # 3 programs, the last masked
+    tm._token_stats_kernel[(3,)](x, stats, 10, 600, EPS, BLOCK_R=4, BLOCK_K=block_k, WHOLE_ROWS=whole)
     x64 = x.double().view(10, 600)
     mean = x64.mean(-1)
     rstd = (x64.var(-1, unbiased=False) + EPS).rsqrt()
