@@ -294,9 +294,17 @@ def _layernorm_fwd(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=[_cdiv(m["C"], m["BLOCK_K"])], flops=0)
 
 
+@_kernel("_ln_fold_kernel")
+def _ln_fold(m: dict[str, Any]) -> dict[str, Any]:
+    # no loop: each program takes BLOCK_R whole rows of x (statistics) or of W1 (gamma folded in). Straight-line code
+    # counts once per program, so both branches' instructions are charged to every program (an overestimate of issue)
+    return dict(trips=[1], flops=0)
+
+
 @_kernel("_fc1_gelu_kernel")
 def _ln_fc1(m: dict[str, Any]) -> dict[str, Any]:
-    # depth 0: the GEMM main loop over K in BLOCK_K steps (LayerNorm is the separate _layernorm_fwd_kernel pass)
+    # depth 0: the GEMM main loop over K in BLOCK_K steps (LayerNorm: the separate _layernorm_fwd_kernel pass, or
+    # folded in by _ln_fold_kernel with mean / rstd / cw applied in the epilogue)
     return dict(trips=[_cdiv(m["K"], m["BLOCK_K"])], flops=2 * m["M"] * m["N"] * m["K"])
 
 

@@ -1,4 +1,4 @@
-"""Fused channel-mixing forward: a LayerNorm pass and two pure GEMMs with fused epilogues over the residual rows.
+"""Fused channel-mixing forward: a LayerNorm pass (or LN folded into GEMM1) and two pure GEMMs with fused epilogues.
 
 Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no copy). With W the weights' dtype:
 
@@ -8,18 +8,27 @@ Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no
   GEMM1  (M x K=C) @ (K x N=Dc), `_fc1_gelu_kernel`
       main loop: acc[m, n] = sum_k y[m, k] * W1[n, k]                      (operand loads + MMA only, fp32 accumulator)
       epilogue:  h[m, n] = GELU(acc + b1[n]) -> W   (exact erf, or tanh under ACT)     h [M, Dc] stored in W
+  or, where layernorm.folds() holds (x and W one 16-bit dtype, C <= 2048, M >= 2 Dc), LN folded into GEMM1 (FOLD):
+  LN fold  `layernorm._ln_fold_kernel`: mean/rstd [M] fp32 of x's rows; W1g = round_W(W1 * g) [Dc, C], cw = sum_k W1g
+      [Dc] fp32, b' = b1 + W1 beta [Dc] fp32 (one launch)
+  GEMM1  main loop: acc[m, n] = sum_k x[m, k] * W1g[n, k]   (x itself: y is never written)
+      epilogue:  h[m, n] = GELU(rstd[m] * (acc - mean[m] * cw[n]) + b'[n]) -> W
+      The subtraction cancels the row mean in fp32 (x and W1g are exact 16-bit values, their products exact in the
+      fp32 accumulator), so rows whose mean is large against their spread keep the three-way rule
+      (tests/test_channel_mix.py); the rounding points differ from torch's (W1 * g rounded instead of y). It saves the
+      write and the read of y ([M, C] in W) for a read and a write of W1 ([Dc, C]): hence M >= 2 Dc.
   GEMM2  (M x K=Dc) @ (K x N=C), `_fc2_residual_kernel`
       main loop: acc[m, n] = sum_k h[m, k] * W2[n, k]
       epilogue:  out[m, n] = x[m, n] + s[m // S] * (acc + b2[n])   in fp32, stored in promote(X, W)
 
 Why a separate LN pass rather than LayerNorm inside GEMM1: recomputing each row's statistics in every column tile and
 normalising the A tile in registers made GEMM1's main loop issue-bound (bf16 on sm_90: 1.37-2.76 issue cycles per MMA
-cycle, 170-172 registers, 1 CTA/SM at 128 x 128; bench/results/2026-12-02-kernel-report.md). The pass adds one read of
+cycle, 170-172 registers, 1 CTA/SM at 128 x 128; the kernel report of git d833c6e). The pass adds one read of
 x and one write + read of y [M, C] in W (M x C x 2 B = 77 MB each at B/16 bf16 batch 256) and a launch, and leaves both
 GEMMs pure, at the same rounding points as torch.
-Folding gamma into W1 with mean/rstd in the epilogue would skip writing y, but with an fp32 residual stream and 16-bit
-weights (autocast) x itself would have to be rounded to W before the MMA: for rows whose mean is large against their
-spread that rounding is ~|mean|/spread times torch's error, outside the three-way rule.
+The fold is not used with an fp32 residual stream and 16-bit weights (autocast): x itself would have to be rounded to W
+before the MMA, and for rows whose mean is large against their spread that rounding is ~|mean|/spread times torch's
+error, outside the three-way rule.
 
 Both GEMMs use grouped ("swizzled") program order on a 1-D grid: programs are walked in column-major groups of GROUP_M
 row tiles, so the GROUP_M row panels of A and the weight column panel a group touches stay in L2.
@@ -92,16 +101,23 @@ def _matmul_nt(
 
 
 @triton.jit
-def _bias_gelu_store(acc, BIAS, OUT, rows_left, cols_left, ld, ACT: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr):  # fmt: skip
-    """out[i, j] = GELU(acc[i, j] + b[j]) in fp32, rounded to out's dtype, for i < rows_left, j < cols_left.
-    acc [BM, BN] fp32; BIAS, OUT: the tile's first bias / output element; ld: output row stride."""
+def _bias_gelu_store(acc, BIAS, OUT, MEAN, RSTD, CW, rows_left, cols_left, ld, ACT: tl.constexpr,
+                     FOLD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+    """out[i, j] = GELU(a[i, j] + b[j]) in fp32, rounded to out's dtype, for i < rows_left, j < cols_left, where
+    a = acc, or with FOLD (acc = x W1g^T) a = rstd[i] * (acc[i, j] - mean[i] * cw[j]). acc [BM, BN] fp32; BIAS,
+    OUT, MEAN, RSTD, CW: the tile's first bias / output / row-statistic / column-sum element; ld: output row stride."""
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
+    m_mask = offs_m < rows_left
     n_mask = offs_n < cols_left
+    if FOLD:
+        mean = tl.load(MEAN + offs_m, mask=m_mask, other=0.0)
+        rstd = tl.load(RSTD + offs_m, mask=m_mask, other=0.0)
+        cw = tl.load(CW + offs_n, mask=n_mask, other=0.0)
+        acc = rstd[:, None] * (acc - mean[:, None] * cw[None, :])
     bias = tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     h = gelu(acc + bias[None, :], ACT)
-    mask = (offs_m < rows_left)[:, None] & n_mask[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
     tl.store(OUT + (offs_m[:, None] * ld + offs_n[None, :]), h.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -196,10 +212,13 @@ def _prune_fc2(configs, named_args, **kwargs):
 )
 @triton.jit
 def _fc1_gelu_kernel(
-    Y,  # [M, K] W: LN(x) rows (M = B * S, K = C), from the LN pass
-    W1,  # [N, K] W: fc1.weight (timm layout, N = Dc)
-    B1,  # [N] fc1.bias
+    Y,  # [M, K] W: LN(x) rows (M = B * S, K = C) from the LN pass; with FOLD x itself
+    W1,  # [N, K] W: fc1.weight (timm layout, N = Dc); with FOLD W1g = round_W(fc1.weight * g)
+    B1,  # [N] fc1.bias; with FOLD b' = b1 + W1 beta (fp32)
     H,  # [M, N] W out: GELU(y @ W1^T + b1)
+    MEAN,  # [M] fp32 row means of x (FOLD only)
+    RSTD,  # [M] fp32 row rstd of x (FOLD only)
+    CW,  # [N] fp32 sum_k W1g[n, k] (FOLD only)
     M,
     N,
     K,
@@ -209,6 +228,7 @@ def _fc1_gelu_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     ACT: tl.constexpr = "gelu",  # "gelu" (exact erf) | "gelu_tanh" (tanh approximation)
+    FOLD: tl.constexpr = False,  # LN folded in (layernorm.ln_fold): the epilogue applies mean, rstd and cw
 ):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row0 = pid_m * BLOCK_M
@@ -219,14 +239,18 @@ def _fc1_gelu_kernel(
     # wide are finished in two 128-column halves: GELU's temporaries beside the whole 128-register accumulator spill.
     h_tile = H + row0.to(tl.int64) * N + col0
     rows_left = M - row0
+    mean, rstd = MEAN + row0, RSTD + row0
     if BLOCK_N >= 256:
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
         acc0, acc1 = tl.split(halves)
-        _bias_gelu_store(acc0, B1 + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N // 2)
-        _bias_gelu_store(acc1, B1 + col0 + BLOCK_N // 2, h_tile + BLOCK_N // 2, rows_left,
-                         N - col0 - BLOCK_N // 2, N, ACT, BLOCK_M, BLOCK_N // 2)  # fmt: skip
+        HALF: tl.constexpr = BLOCK_N // 2
+        _bias_gelu_store(acc0, B1 + col0, h_tile, mean, rstd, CW + col0, rows_left, N - col0, N, ACT, FOLD,
+                         BLOCK_M, HALF)  # fmt: skip
+        _bias_gelu_store(acc1, B1 + col0 + HALF, h_tile + HALF, mean, rstd, CW + col0 + HALF, rows_left,
+                         N - col0 - HALF, N, ACT, FOLD, BLOCK_M, HALF)  # fmt: skip
     else:
-        _bias_gelu_store(acc, B1 + col0, h_tile, rows_left, N - col0, N, ACT, BLOCK_M, BLOCK_N)
+        _bias_gelu_store(acc, B1 + col0, h_tile, mean, rstd, CW + col0, rows_left, N - col0, N, ACT, FOLD,
+                         BLOCK_M, BLOCK_N)  # fmt: skip
 
 
 @triton.autotune(
@@ -273,13 +297,14 @@ def _fc2_residual_kernel(
 
 # ------------------------------------------------------------------------------------------------ launcher
 def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "gelu") -> Tensor:
-    """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in three launches (LN pass, GEMM1, GEMM2).
+    """out = x + s[b] * (GELU(LN(x) @ W1^T + b1) @ W2^T + b2) in three launches (LN pass or LN fold, GEMM1, GEMM2).
 
     args (fastmixer.mix_args.MixArgs, which has the contract; non-dense tensors are copied dense): x [B, S, C]
     (fp32/fp16/bf16); fc1_weight [Dc, C], fc2_weight [C, Dc] and the biases [Dc] / [C] in one dtype W (x's, or
     another under autocast); ln_* [C] any float dtype; branch_scale [B] or None. act: "gelu" (exact erf) or
-    "gelu_tanh". Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). Transient: y = LN(x) [B*S, C] and
-    the hidden h [B*S, Dc], both in W; nothing is kept for backward (it recomputes from x).
+    "gelu_tanh". Returns a new contiguous [B, S, C] tensor in promote(x.dtype, W). Transient: y = LN(x) [B*S, C] (or,
+    folded, W1g [Dc, C] and fp32 row stats) and the hidden h [B*S, Dc], in W; nothing is kept for backward (it
+    recomputes from x).
     """
     _, args = check_launch_args("channel_mix_fwd", "channel", args, eps=eps, act=act)
     x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
@@ -290,7 +315,14 @@ def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "
     M = B * S
     if M == 0 or C == 0:
         return out
-    y = layernorm.layernorm_fwd(x, ln_weight, ln_bias, eps=eps, out_dtype=w_dtype)  # [B, S, C] W
+    fold = layernorm.folds(x.dtype, w_dtype, C, M, Dc)
+    if fold:  # GEMM1 on x itself: W1g = W1 * g, and mean, rstd, cw, b' = b1 + W1 beta for its epilogue
+        mean, rstd, w1, cw, b1 = layernorm.ln_fold(x, ln_weight, ln_bias, fc1_weight, fc1_bias, eps=eps)
+        y = x
+    else:  # LN pass: y = LN(x) [B, S, C] in W, torch's rounding point
+        y = layernorm.layernorm_fwd(x, ln_weight, ln_bias, eps=eps, out_dtype=w_dtype)
+        w1, b1 = fc1_weight, fc1_bias
+        mean = rstd = cw = fc1_bias  # not read (FOLD False)
     h = torch.empty((M, Dc), dtype=w_dtype, device=x.device)  # [M, Dc] W
     precision = dot_precision(allow_tf32, w_dtype)
 
@@ -301,9 +333,9 @@ def channel_mix_fwd(args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),)
 
     _fc1_gelu_kernel[grid1](
-        y, fc1_weight, fc1_bias, h, M, Dc, C, PRECISION=precision, ACT=act
+        y, w1, b1, h, mean, rstd, cw, M, Dc, C, PRECISION=precision, ACT=act, FOLD=fold
     )  # fmt: skip
-    del y
+    del y, w1
     _fc2_residual_kernel[grid2](
         h, fc2_weight, fc2_bias, branch_scale if branch_scale is not None else x, x, out, M, C, Dc, S,
         HAS_SCALE=branch_scale is not None, PRECISION=precision,
@@ -324,15 +356,21 @@ def gpu_build_specs() -> list[dict]:
     model shapes (kernels/_specs.py): the LN pass (layernorm.py) and both GEMMs. M = B * S, N and K are runtime ints:
     shapes differ only in their divisibility."""
     specs = SpecSet("channel_mix")
-    layernorm.build_specs(specs, spec_cases())
     for case in spec_cases():
         route, shape = case.tag, case.shape
         x_dt, _, w_dt, tf32 = ROUTE_DTYPES[case.route]
-        x, w = Ptr(x_dt), Ptr(w_dt)
+        x, w, f32 = Ptr(x_dt), Ptr(w_dt), Ptr(torch.float32)
         out = Ptr(torch.promote_types(x_dt, w_dt))
         prec = dot_precision(tf32, w_dt)
         M, C, Dc = shape.M, shape.C, shape.DC
-        fc1 = dict(Y=w, W1=w, B1=w, H=w, M=M, N=Dc, K=C, PRECISION=prec, ACT=case.act)  # fmt: skip
+        fold = layernorm.folds(x_dt, w_dt, C, M, Dc)
+        if fold:
+            layernorm.add_fold_spec(specs, case)
+            fc1 = dict(Y=x, W1=w, B1=f32, H=w, MEAN=f32, RSTD=f32, CW=f32, FOLD=True)
+        else:
+            layernorm.build_specs(specs, [case])
+            fc1 = dict(Y=w, W1=w, B1=w, H=w, MEAN=w, RSTD=w, CW=w, FOLD=False)
+        fc1.update(M=M, N=Dc, K=C, PRECISION=prec, ACT=case.act)
         fc2 = dict(H=w, W2=w, B2=w, SCALE=Ptr(x_dt), X=x, OUT=out, M=M, N=C, K=Dc, S=shape.S,
                    HAS_SCALE=case.scale, PRECISION=prec)  # fmt: skip
         for i, cfg in _gpu_configs(w_dt.itemsize, w_dt.itemsize, prec):

@@ -22,6 +22,12 @@ Forward kernel and launcher:
     `_layernorm_fwd_kernel` / `layernorm_fwd(x, g, beta, eps=, out_dtype=)`: y = LN(x) over the last dim of x
     [..., C], written in `out_dtype` (the channel-mix GEMMs' dtype W: exactly where torch rounds LN's output before
     fc1). One read of x from memory (the normalising loop re-reads the program's rows from L1/L2), one write of y.
+Folded forward (channel_mix's 16-bit route, x and W alike): `_ln_fold_kernel` / `ln_fold`, one launch, two kinds of
+    programs: row statistics of x (mean/rstd [M] fp32, ln_tile_stats on whole rows) and gamma folded into fc1's
+    weight: W1g = round_W(W1 * g) [Dc, C], cw = sum_c W1g [Dc] fp32 (of the rounded values) and b' = b1 + W1 beta
+    [Dc] fp32. GEMM1 then multiplies x itself by W1g and finishes in its epilogue:
+        y W1^T + b1 = rstd * (x W1g^T - mean * cw) + b'        (exact algebra; y is never written)
+    One read of x and of W1 instead of a read of x, a write of y and a read of y.
 Backward (the row-wise kernels of channel_mix_bwd and token_mix_bwd, whole rows of C per step, s = branch scale):
     `_ln_prep_kernel` / `ln_prep`: mean/rstd recomputed from x by ln_tile_stats (nothing but x is saved by the
     forward), y = LN(x) in W, and only where dout is not already do (branch scale or autocast): do = s * dout in W
@@ -41,7 +47,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import INTERPRET
+from ._common import INTERPRET, round_to
 from ._specs import MODEL_SHAPES, ROUTE_DTYPES, Case, Ptr, SpecSet
 
 # Upper bound on programs of the row-wise backward kernels (their per-program column partials are [programs, C] fp32,
@@ -144,6 +150,54 @@ def _layernorm_fwd_kernel(
         beta = tl.load(LN_B + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
         y = ln_normalize(x, mean, rstd, g, beta)
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ln_fold_kernel(
+    X,  # [M, C] x rows, dtype W (16-bit)
+    LN_W,  # [C] g
+    LN_B,  # [C] beta
+    W1,  # [N, C] fc1.weight, W
+    B1,  # [N] fc1.bias, W
+    MEAN,  # out [M] fp32
+    RSTD,  # out [M] fp32
+    W1G,  # out [N, C] W: W1 * g, rounded once
+    CW,  # out [N] fp32: sum_c W1G[n, c] (the rounded values)
+    BF,  # out [N] fp32: b1[n] + sum_c W1[n, c] * beta[c]
+    M,
+    N,
+    C,
+    eps,
+    row_programs,  # programs [0, row_programs) take x's rows, the rest W1's
+    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_C: tl.constexpr,  # >= C: whole rows
+):
+    pid = tl.program_id(0)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    if pid < row_programs:  # statistics of BLOCK_R rows of x
+        rows = pid * BLOCK_R + offs_r
+        r_mask = rows < M
+        row_ptrs = X + rows.to(tl.int64) * C
+        x = tl.load(row_ptrs[:, None] + offs_c[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
+        shift = tl.load(row_ptrs, mask=r_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
+        mean, rstd, _ = ln_tile_stats(x.to(tl.float32), shift, c_mask, C, eps)
+        tl.store(MEAN + rows, mean, mask=r_mask)
+        tl.store(RSTD + rows, rstd, mask=r_mask)
+    else:  # BLOCK_R rows of W1: fold g in, and beta into the bias
+        rows = (pid - row_programs) * BLOCK_R + offs_r
+        r_mask = rows < N
+        mask = r_mask[:, None] & c_mask[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+        w = tl.load(W1 + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(LN_W + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        beta = tl.load(LN_B + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        wg = round_to(w * g[None, :], W1G.dtype.element_ty)
+        tl.store(W1G + offs, wg.to(W1G.dtype.element_ty), mask=mask)
+        tl.store(CW + rows, tl.sum(wg.to(tl.float32), axis=1), mask=r_mask)
+        b1 = tl.load(B1 + rows, mask=r_mask, other=0.0).to(tl.float32)
+        tl.store(BF + rows, b1 + tl.sum(w * beta[None, :], axis=1), mask=r_mask)
 
 
 # ------------------------------------------------------------------------------------------------ backward row kernels
@@ -289,6 +343,56 @@ def layernorm_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, 
     return y
 
 
+_FOLD_TILE = 2048  # [BLOCK_R, BLOCK_C] values per program of _ln_fold_kernel, one warp (row sums are shuffles)
+_FOLD_MAX_C = 2048  # whole rows in registers up to C = 2048 (every Mixer width); wider rows take the LN pass
+
+
+def folds(x_dtype: torch.dtype, w_dtype: torch.dtype, C: int, rows: int, hidden: int) -> bool:
+    """Whether channel_mix folds LN into GEMM1 (ln_fold) for x [rows, C] and fc1_weight [hidden, C]: x and W in one
+    16-bit dtype (x is then already the MMA's operand dtype; with an fp32 x under autocast it would have to be rounded
+    first, which the three-way rule does not allow for rows whose mean is large against their spread), C <= 2048, and
+    rows >= 2 * hidden. The fold reads W1 and writes W1g (2 x hidden x C elements) where the LN pass writes and GEMM1
+    reads y (2 x rows x C): below that many rows (batch < 32 at B/16) the LN pass moves fewer bytes."""
+    return (
+        x_dtype == w_dtype
+        and w_dtype in (torch.float16, torch.bfloat16)
+        and 1 <= C <= _FOLD_MAX_C
+        and rows >= 2 * hidden
+    )
+
+
+def _fold_launch(M: int, N: int, C: int) -> dict[str, int]:
+    block_c = max(16, triton.next_power_of_2(C))
+    block_r = max(1, _FOLD_TILE // block_c)
+    return dict(row_programs=triton.cdiv(M, block_r), programs=triton.cdiv(M, block_r) + triton.cdiv(N, block_r),
+                BLOCK_R=block_r, BLOCK_C=block_c)  # fmt: skip
+
+
+_FOLD_WARPS = 1
+
+
+def ln_fold(
+    x: Tensor, ln_weight: Tensor, ln_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, *, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """x [..., C] and W1 [N, C], b1 [N] in one 16-bit dtype W (folds() true), ln_* [C] -> (mean [M] fp32, rstd [M]
+    fp32, W1g [N, C] W = round_W(W1 * g), cw [N] fp32 = sum_c W1g, b' [N] fp32 = b1 + W1 beta), in one launch."""
+    C = x.shape[-1]
+    M, N = x.numel() // C, fc1_weight.shape[0]
+    if not folds(x.dtype, fc1_weight.dtype, C, M, N):
+        raise ValueError(f"ln_fold: x and fc1_weight must share a 16-bit dtype, C <= {_FOLD_MAX_C} and rows >= 2 x "
+                         f"hidden, got {x.dtype} / {fc1_weight.dtype}, C = {C}, rows = {M}, hidden = {N}")  # fmt: skip
+    dev, f32 = x.device, torch.float32
+    mean, rstd = torch.empty(M, device=dev, dtype=f32), torch.empty(M, device=dev, dtype=f32)
+    w1g = torch.empty_like(fc1_weight)
+    cw, bf = torch.empty(N, device=dev, dtype=f32), torch.empty(N, device=dev, dtype=f32)
+    p = _fold_launch(M, N, C)
+    _ln_fold_kernel[(p["programs"],)](
+        x, ln_weight, ln_bias, fc1_weight, fc1_bias, mean, rstd, w1g, cw, bf, M, N, C, float(eps), p["row_programs"],
+        BLOCK_R=p["BLOCK_R"], BLOCK_C=p["BLOCK_C"], num_warps=_FOLD_WARPS,
+    )  # fmt: skip
+    return mean, rstd, w1g, cw, bf
+
+
 def _row_tile(block_c: int) -> tuple[int, int]:
     """(BLOCK_R, num_warps) of the row-wise backward kernels on GPU: [BLOCK_R, BLOCK_C] tiles of 2048 elements on 8
     warps; 2048-wide rows (C > 1024) one at a time on 4 warps (2 rows x 8 warps leaves a small stack frame on
@@ -390,6 +494,18 @@ def build_specs(specs: SpecSet, cases: list[Case]) -> None:
         args = dict(X=Ptr(x_dt), LN_W=Ptr(ln_dt), LN_B=Ptr(ln_dt), Y=Ptr(w_dt), M=shape.M, C=shape.C, eps=1e-6,
                     BLOCK_M=p["BLOCK_M"], BLOCK_K=p["BLOCK_K"])  # fmt: skip
         specs.add(_layernorm_fwd_kernel, case.route, shape, args, triton.Config({}, num_warps=p["num_warps"]))
+
+
+def add_fold_spec(specs: SpecSet, case: Case) -> None:
+    """Spec of ln_fold as channel_mix launches it for `case` (a route where folds() holds)."""
+    x_dt, ln_dt, w_dt, _ = ROUTE_DTYPES[case.route]
+    shape = case.shape
+    p = _fold_launch(shape.M, shape.DC, shape.C)
+    w, ln, f32 = Ptr(w_dt), Ptr(ln_dt), Ptr(torch.float32)
+    args = dict(X=Ptr(x_dt), LN_W=ln, LN_B=ln, W1=w, B1=w, MEAN=f32, RSTD=f32, W1G=w, CW=f32, BF=f32, M=shape.M,
+                N=shape.DC, C=shape.C, eps=1e-6, row_programs=p["row_programs"], BLOCK_R=p["BLOCK_R"],
+                BLOCK_C=p["BLOCK_C"])  # fmt: skip
+    specs.add(_ln_fold_kernel, case.tag, shape, args, triton.Config({}, num_warps=_FOLD_WARPS))
 
 
 def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:

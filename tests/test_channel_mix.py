@@ -4,6 +4,7 @@ Runs the compiled kernels on a GPU, else the Triton interpreter on CPU (tests/co
 S = 36/49, C = 40/72/100 (not powers of two, K tails masked), odd Dc, batch 1 and 3, plus one call at Mixer-B/16 size.
 """
 
+import contextlib
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from helpers import assert_three_way
 import fastmixer
 from fastmixer import ops
 from fastmixer.kernels import channel_mix as cm
+from fastmixer.kernels import layernorm
 from fastmixer.mix_args import MixArgs
 from fastmixer.reference import channel_mix_ref
 
@@ -90,7 +92,7 @@ def test_fp32_layernorm_stats_stable_under_offset():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B,S,C,Dc", [(1, 36, 40, 75), (3, 49, 100, 203)])
+@pytest.mark.parametrize("B,S,C,Dc", [(1, 36, 40, 75), (3, 49, 100, 203), (3, 49, 100, 60)])
 def test_low_precision_three_way(dtype, B, S, C, Dc):
     """fp16/bf16 model (x and every parameter in `dtype`) by the three-way rule. The fp32 reference runs on the same
     rounded values upcast to fp32; "torch same dtype" is channel_mix_ref on the `dtype` tensors.
@@ -100,7 +102,9 @@ def test_low_precision_three_way(dtype, B, S, C, Dc):
     casts to bf16, and the weights) to fp32 right before tl.dot, under the interpreter only. That is numerically what
     the GPU's bf16 MMA does (exact products of bf16 values, fp32 accumulation), so this test still covers the bf16
     loads, the stores, the casts and every rounding point; only the MMA instruction itself is not exercised off-GPU.
+    The first two shapes take the LN pass (few rows per hidden unit), the third the LN fold (M = 147 >= 2 * Dc).
     """
+    assert layernorm.folds(dtype, dtype, C, B * S, Dc) == (Dc == 60)
     args = [t.to(dtype) for t in make_inputs(B, S, C, Dc)]
     s = branch_scale(B)
     out = run(args, s)
@@ -124,12 +128,18 @@ def test_mixed_fp32_x_low_precision_weights(w_dtype):
     assert_three_way(out, ref32, same, "op_abs_1e-4", differs=True)
 
 
-@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "x_dtype,w_dtype",
+    [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+    ids=["fp16-fold", "bf16-fold", "autocast-ln-pass"],
+)
 def test_low_precision_large_mean_three_way(x_dtype, w_dtype):
-    """Rows whose mean (300) is large against their spread (2): the LN pass normalises in fp32 before the one rounding
-    to W, so the three-way rule holds for an fp16 model and under autocast (fp32 x, bf16 weights), where a design that
-    fed x itself to the MMA in W would lose ~|mean| / spread times more."""
-    B, S, C, Dc = 3, 49, 72, 150
+    """Rows whose mean (300) is large against their spread (2). fp16/bf16 models fold LN into GEMM1 (x itself is the
+    MMA operand, already in W; rstd * (x W1g^T - mean * cw) in the fp32 epilogue: the subtraction cancels in fp32,
+    not in W). Under autocast (fp32 x, bf16 weights) the LN pass normalises in fp32 before the one rounding to W,
+    where feeding x itself to the MMA in W would lose ~|mean| / spread times more. Three-way rule on both routes."""
+    B, S, C, Dc = 3, 49, 72, 64  # M = 147 >= 2 * Dc: the 16-bit models take the fold
+    assert layernorm.folds(x_dtype, w_dtype, C, B * S, Dc) == (x_dtype == w_dtype)
     x, ln_w, ln_b, *fc = make_inputs(B, S, C, Dc, x_shift=300.0, tiny_tokens=False)
     x, ln_w, ln_b = x.to(x_dtype), ln_w.to(x_dtype), ln_b.to(x_dtype)
     fc = [t.to(w_dtype) for t in fc]
@@ -171,6 +181,25 @@ def test_public_op_autocast_bf16(triton_backend):
             ref_autocast = _public(args, eps=EPS)
     assert out.dtype == torch.float32
     assert_three_way(out, channel_mix_ref(*args, eps=EPS), ref_autocast, "op_abs_1e-4", differs=True)
+
+
+def test_public_op_bf16_fold_trains(triton_backend):
+    """A bf16 model at a shape that takes the LN fold (M = 147 >= 2 * Dc = 120) through the public op: forward and the
+    gradients (whose backward recomputes LN from x, unchanged by the fold) by the three-way rule against fp32 autograd
+    of the reference and the reference backend in bf16."""
+    B, S, C, Dc = 3, 49, 40, 60
+    assert layernorm.folds(torch.bfloat16, torch.bfloat16, C, B * S, Dc)
+    base = make_inputs(B, S, C, Dc)
+    dout = torch.randn(B, S, C, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    results = []
+    for dtype, backend in ((torch.bfloat16, None), (torch.float32, "reference"), (torch.bfloat16, "reference")):
+        args = [t.to(dtype).detach().requires_grad_() for t in base]
+        with fastmixer.use_backend(backend) if backend else contextlib.nullcontext():
+            out = _public(args, eps=EPS)
+            out.backward(dout.to(dtype))
+        results.append([out.detach(), args[0].grad, args[3].grad])  # out, dx, d fc1_weight
+    for ours, ref32, same in zip(*results):
+        assert_three_way(ours, ref32, same, "op_abs_1e-4", differs=True)
 
 
 @pytest.mark.slow
@@ -272,8 +301,21 @@ def test_gemm_kernels_every_epilogue_width(block_n):
     meta = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=32, GROUP_M=8, PRECISION="ieee")
     h = torch.empty(M, Dc, device=DEVICE)
     grid1 = (triton.cdiv(M, 64) * triton.cdiv(Dc, block_n),)
-    cm._fc1_gelu_kernel.fn[grid1](y, w1, b1, h, M, Dc, C, **meta, ACT="gelu")
+    cm._fc1_gelu_kernel.fn[grid1](y, w1, b1, h, b1, b1, b1, M, Dc, C, **meta, ACT="gelu")
     torch.testing.assert_close(h, torch.nn.functional.gelu(y @ w1.T + b1), **FP32_TOL)
+    # FOLD: the same GEMM on rows with mean 3 and their LN folded in (W1g = W1 * g; mean, rstd, cw, b' in the epilogue)
+    g = torch.Generator().manual_seed(5)
+    xr, lw, lb = (
+        (3 + torch.randn(M, C, generator=g)).to(DEVICE),
+        *(torch.randn(C, generator=g).to(DEVICE) for _ in "gb"),
+    )
+    mean, var = xr.mean(-1), xr.var(-1, unbiased=False)
+    rstd = (var + 1e-6).rsqrt()
+    w1g = w1 * lw
+    cm._fc1_gelu_kernel.fn[grid1](xr, w1g, b1 + w1 @ lb, h, mean, rstd, w1g.sum(1), M, Dc, C, **meta, ACT="gelu",
+                                  FOLD=True)  # fmt: skip
+    ln = torch.nn.functional.layer_norm(xr, (C,), lw, lb, 1e-6)
+    torch.testing.assert_close(h, torch.nn.functional.gelu(ln @ w1.T + b1), rtol=1e-4, atol=1e-4)
     out = torch.empty(M, C, device=DEVICE)
     grid2 = (triton.cdiv(M, 64) * triton.cdiv(C, block_n),)
     cm._fc2_residual_kernel.fn[grid2](h, w2, b2, s, x, out, M, C, Dc, S, HAS_SCALE=True, **meta)

@@ -90,6 +90,7 @@ def kernel_rows() -> list[dict[str, Any]]:
         row("_token_mix_fwd_kernel", dict(BLOCK_C=32, BLOCK_D=32, BLOCK_K=1024), warps=4, ctas=1),
         row("_token_mix_fwd_kernel", dict(BLOCK_C=64, BLOCK_D=64, BLOCK_K=1024), config="cfg3", ctas=1),
         memory_row("_layernorm_fwd_kernel", warps=8, ctas=4),
+        memory_row("_ln_fold_kernel", warps=1, ctas=16),
         row("_fc1_gelu_kernel", gemm),
         row("_fc2_residual_kernel", gemm),
         row("_fc2_residual_kernel", dict(gemm, BLOCK_M=64, BLOCK_N=64), config="cfg4", warps=4, ctas=3,

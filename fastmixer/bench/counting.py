@@ -10,8 +10,9 @@ What is counted, for a model run once on real (CPU or CUDA) tensors:
     any @autotune / @heuristics wrapper, by fastmixer.bench.launches; autotuning's benchmark launches are not
     counted). Compulsory bytes of a launch = the sizes of its distinct tensor arguments (each pointer read or written
     once; an in-place buffer counts once, so this is a lower bound for such kernels). The GEMM FLOPs of a fused
-    `fastmixer::` op (2 GEMMs of 2*M*N*K each) go to the launch that receives the GEMM's weight; if none does (a
-    cached derived copy), to the op's launch that moves the most bytes. The backward ops (`*_mix_bwd`) get the 5
+    `fastmixer::` op (2 GEMMs of 2*M*N*K each) go to the launch that receives the GEMM's weight or a derived copy of
+    it (same shape and dtype), the one moving the most bytes if several do; if none does, to the op's launch that
+    moves the most bytes. The backward ops (`*_mix_bwd`) get the 5
     GEMMs they do (see `_fused_gemm_flops`).
 A `fastmixer::` custom op is seen by the dispatch mode as one op and replaced by the Triton launches and aten ops made
 inside it (channel_mix_bwd's cuBLAS GEMMs, host sums of partials);
@@ -23,9 +24,9 @@ and its named arguments, so a model of its cost can evaluate the grid for any au
 each aten op keeps the shapes of its tensor inputs.
 
 Launches can be recorded without executing them (`execute=False`): the launch is logged and skipped, so outputs hold
-garbage, which no count depends on. That makes real-size counts (B/16, L/16) cheap on a CPU with no GPU: counts are
-taken at batch 2 and 3 and extrapolated per kernel (every tensor size in a Mixer is affine in the batch; the two kernel
-sequences must match, which is checked).
+garbage, which no count depends on. That makes real-size counts (B/16, L/16) cheap on a CPU with no GPU, at the
+real batch (count_variant; `_extrapolate` can also carry counts at batch 2 and 3 to another batch when both kernel
+sequences match, which it checks: not across channel_mix's LN-fold threshold).
 
 The roofline time is a MODEL, not a measurement: each kernel takes max(flops / peak_flops, bytes / peak_bw) plus a
 fixed launch overhead, with the H100 SXM figures of `H100_SXM`.
@@ -239,12 +240,14 @@ class KernelCounter(TorchDispatchMode):
             )
         gemms = _fused_gemm_flops(name, args) if launches else []
         # The op's GEMM FLOPs not already counted on its aten ops (cuBLAS) go to its Triton launches, each GEMM to the
-        # launch that receives its weight, scaled so the op's total stays exact.
+        # launch that receives its weight or a derived copy of it (same shape and dtype: channel_mix's folded W1g), of
+        # several the one moving the most bytes (the LN-fold pass reads W1 and writes W1g; the GEMM moves far more),
+        # scaled so the op's total stays exact.
         total = sum(f for _, f in gemms)
         share = max(0.0, 1.0 - sum(k.flops for k in kernels if k.source == "aten") / total) if total else 0.0
         for weight, flops in gemms:
-            owner = [k for k in launches if any(_same(weight, t) for t in k.launch.tensors)]
-            (owner[0] if owner else max(launches, key=lambda k: k.bytes)).flops += round(flops * share)
+            owner = [k for k in launches if any(_like(weight, t) for t in k.launch.tensors)]
+            max(owner or launches, key=lambda k: k.bytes).flops += round(flops * share)
         for k in kernels:
             k.op = name
             k.launch = None  # drop the tensor references
@@ -278,6 +281,11 @@ def _dry_run(func, name: str, args: tuple, kwargs: dict) -> Any:
 
 def _same(a: Tensor, b: Tensor) -> bool:
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape
+
+
+def _like(weight: Tensor, t: Tensor) -> bool:
+    """t is the weight or a copy derived from it (same shape and dtype)."""
+    return _same(weight, t) or (t.shape == weight.shape and t.dtype == weight.dtype)
 
 
 def _aten_flops(func, args: tuple, kwargs: dict, out: Any) -> int:
@@ -414,7 +422,9 @@ def count_variant(
     """fastmixer (triton backend, launches recorded dry) vs timm eager (aten ops) for a Mixer variant ("b16", "l16",
     ...) at `batch`, `dtype`: launches per forward / backward, per block, GB moved, GFLOPs, roofline-modelled us.
 
-    Counted on CPU tensors at batch 2 and 3 and extrapolated (see module docstring). Weights are random.
+    Counted dry on CPU tensors at `batch` itself (launches logged, not run): the launch sequence can depend on the
+    batch (channel_mix folds LN into its first GEMM only with rows >= 2 x hidden), so no extrapolation from small
+    batches. Weights are random.
     """
     import fastmixer
     from fastmixer.registry import resolve_variant
@@ -438,14 +448,9 @@ def count_variant(
     }
     counts = {}
     for name, model, backend in (("fastmixer", ours, "triton"), ("timm eager", theirs, None)):
-        points = (batch,) if batch <= 3 else (2, 3)
-        per_batch = []
-        for b in points:
-            x = torch.randn(b, 3, img, img, dtype=dtype)
-            ctx = fastmixer.use_backend(backend) if backend else contextlib.nullcontext()
-            with ctx:
-                per_batch.append(count_kernels(model, x, backward=backward, execute=False))
-        counts[name] = per_batch[0] if batch <= 3 else _extrapolate(per_batch[0], per_batch[1], batch)
+        x = torch.randn(batch, 3, img, img, dtype=dtype)
+        with fastmixer.use_backend(backend) if backend else contextlib.nullcontext():
+            counts[name] = count_kernels(model, x, backward=backward, execute=False)
         results[name] = summarize(counts[name], dtype, device)
     # the kernels of one block's forward, per provider
     results["kernels"] = {n: [_as_dict(k) for k in ks if k.block == 0] for n, ks in counts.items()}
