@@ -16,6 +16,7 @@ Jit helpers (import them from here):
     ln_row_stats(row_ptrs, row_mask, K, eps, BLOCK_M, BLOCK_K) -> (mean [BLOCK_M], rstd [BLOCK_M])
     ln_normalize(x, mean, rstd, g, beta) -> y                 x [R, N] fp32, mean/rstd [R], g/beta [N] fp32
     ln_tile_stats(x, shift, col_mask, K, eps) -> (mean, rstd, x - mean)   its one-chunk case, rows in registers
+    ln_whole_row_stats(row_ptrs, row_mask, K, eps, BLOCK_K) -> (mean, rstd)  the same, loading the rows itself
     ln_row_grad(xhat, dy, g, C) -> dx / rstd                  whole rows [R, BLOCK_C] in registers, fp32
 
 Forward kernel and launcher:
@@ -107,6 +108,18 @@ def ln_tile_stats(x, shift, col_mask, K, eps):
 
 
 @triton.jit
+def ln_whole_row_stats(row_ptrs, row_mask, K, eps, BLOCK_K: tl.constexpr):
+    """ln_row_stats for rows that fit one chunk (BLOCK_K >= K): loads the [R, BLOCK_K] rows (row_ptrs [R]: element 0
+    of each contiguous row) and returns ln_tile_stats' (mean [R], rstd [R]), without the per-lane Welford state."""
+    offs_k = tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    x = tl.load(row_ptrs[:, None] + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+    shift = tl.load(row_ptrs, mask=row_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
+    mean, rstd, _ = ln_tile_stats(x.to(tl.float32), shift, k_mask, K, eps)
+    return mean, rstd
+
+
+@triton.jit
 def ln_normalize(x, mean, rstd, g, beta):
     """LayerNorm forward of a tile: x [R, N] fp32, mean/rstd [R], g/beta [N] fp32 -> (x - mean) * rstd * g + beta."""
     return (x - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
@@ -179,10 +192,7 @@ def _ln_fold_kernel(
     if pid < row_programs:  # statistics of BLOCK_R rows of x
         rows = pid * BLOCK_R + offs_r
         r_mask = rows < M
-        row_ptrs = X + rows.to(tl.int64) * C
-        x = tl.load(row_ptrs[:, None] + offs_c[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        shift = tl.load(row_ptrs, mask=r_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
-        mean, rstd, _ = ln_tile_stats(x.to(tl.float32), shift, c_mask, C, eps)
+        mean, rstd = ln_whole_row_stats(X + rows.to(tl.int64) * C, r_mask, C, eps, BLOCK_C)
         tl.store(MEAN + rows, mean, mask=r_mask)
         tl.store(RSTD + rows, rstd, mask=r_mask)
     else:  # BLOCK_R rows of W1: fold g in, and beta into the bias

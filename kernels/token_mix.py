@@ -61,7 +61,7 @@ from torch import Tensor
 
 from fastmixer.kernels._common import dot_precision, gelu, mma, pick_configs, round_to
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.kernels.layernorm import ln_row_stats, ln_tile_stats
+from fastmixer.kernels.layernorm import ln_row_stats, ln_whole_row_stats
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Stats pass: one warp per program, so a row's sums are warp shuffles (no shared-memory round trip between warps).
@@ -90,11 +90,7 @@ def _token_stats_kernel(
     r_mask = rows < N_ROWS
     row_ptrs = X + rows.to(tl.int64) * C  # B*S*C may pass 2^31
     if WHOLE_ROWS:  # ln_row_stats' one-chunk case on the rows in registers: no per-lane Welford state
-        offs_c = tl.arange(0, BLOCK_K)
-        c_mask = offs_c < C
-        x = tl.load(row_ptrs[:, None] + offs_c[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        shift = tl.load(row_ptrs, mask=r_mask, other=0.0).to(tl.float32)  # x[m, 0] (an L1 hit)
-        mean, rstd, _ = ln_tile_stats(x.to(tl.float32), shift, c_mask, C, eps)
+        mean, rstd = ln_whole_row_stats(row_ptrs, r_mask, C, eps, BLOCK_K)
     else:
         mean, rstd = ln_row_stats(row_ptrs, r_mask, C, eps, BLOCK_R, BLOCK_K)
     tl.store(STATS + rows, mean, mask=r_mask)
