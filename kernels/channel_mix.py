@@ -8,7 +8,7 @@ Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no
   GEMM1  (M x K=C) @ (K x N=Dc), `_fc1_gelu_kernel`
       main loop: acc[m, n] = sum_k y[m, k] * W1[n, k]                      (operand loads + MMA only, fp32 accumulator)
       epilogue:  h[m, n] = GELU(acc + b1[n]) -> W   (exact erf, or tanh under ACT)     h [M, Dc] stored in W
-  or, where layernorm.folds() holds (x and W one 16-bit dtype, C <= 2048, M >= 2 Dc), LN folded into GEMM1 (FOLD):
+  or, where layernorm.folds() holds (x and W bf16, C <= 2048, M >= 2 Dc), LN folded into GEMM1 (FOLD):
   LN fold  `layernorm._ln_fold_kernel`: mean/rstd [M] fp32 of x's rows; W1g = round_W(W1 * g) [Dc, C], cw = sum_k W1g
       [Dc] fp32, b' = b1 + W1 beta [Dc] fp32 (one launch)
   GEMM1  main loop: acc[m, n] = sum_k x[m, k] * W1g[n, k]   (x itself: y is never written)
@@ -16,7 +16,8 @@ Rows m = b * S + s of x [B, S, C] viewed as [M, C] (M = B * S; contiguous, so no
       The subtraction cancels the row mean in fp32 (x and W1g are exact 16-bit values, their products exact in the
       fp32 accumulator), so rows whose mean is large against their spread keep the three-way rule
       (tests/test_channel_mix.py); the rounding points differ from torch's (W1 * g rounded instead of y). It saves the
-      write and the read of y ([M, C] in W) for a read and a write of W1 ([Dc, C]): hence M >= 2 Dc.
+      write and the read of y ([M, C] in W) for a read and a write of W1 ([Dc, C]): hence M >= 2 Dc. fp16 keeps the
+      LN pass (W1 * g can leave fp16's range: layernorm.folds).
   GEMM2  (M x K=Dc) @ (K x N=C), `_fc2_residual_kernel`
       main loop: acc[m, n] = sum_k h[m, k] * W2[n, k]
       epilogue:  out[m, n] = x[m, n] + s[m // S] * (acc + b2[n])   in fp32, stored in promote(X, W)

@@ -23,7 +23,7 @@ Forward kernel and launcher:
     `_layernorm_fwd_kernel` / `layernorm_fwd(x, g, beta, eps=, out_dtype=)`: y = LN(x) over the last dim of x
     [..., C], written in `out_dtype` (the channel-mix GEMMs' dtype W: exactly where torch rounds LN's output before
     fc1). One read of x from memory (the normalising loop re-reads the program's rows from L1/L2), one write of y.
-Folded forward (channel_mix's 16-bit route, x and W alike): `_ln_fold_kernel` / `ln_fold`, one launch, two kinds of
+Folded forward (channel_mix's bf16 route, x and W alike): `_ln_fold_kernel` / `ln_fold`, one launch, two kinds of
     programs: row statistics of x (mean/rstd [M] fp32, ln_tile_stats on whole rows) and gamma folded into fc1's
     weight: W1g = round_W(W1 * g) [Dc, C], cw = sum_c W1g [Dc] fp32 (of the rounded values) and b' = b1 + W1 beta
     [Dc] fp32. GEMM1 then multiplies x itself by W1g and finishes in its epilogue:
@@ -167,7 +167,7 @@ def _layernorm_fwd_kernel(
 
 @triton.jit
 def _ln_fold_kernel(
-    X,  # [M, C] x rows, dtype W (16-bit)
+    X,  # [M, C] x rows, bf16 (W)
     LN_W,  # [C] g
     LN_B,  # [C] beta
     W1,  # [N, C] fc1.weight, W
@@ -358,17 +358,16 @@ _FOLD_MAX_C = 2048  # whole rows in registers up to C = 2048 (every Mixer width)
 
 
 def folds(x_dtype: torch.dtype, w_dtype: torch.dtype, C: int, rows: int, hidden: int) -> bool:
-    """Whether channel_mix folds LN into GEMM1 (ln_fold) for x [rows, C] and fc1_weight [hidden, C]: x and W in one
-    16-bit dtype (x is then already the MMA's operand dtype; with an fp32 x under autocast it would have to be rounded
-    first, which the three-way rule does not allow for rows whose mean is large against their spread), C <= 2048, and
+    """Whether channel_mix folds LN into GEMM1 (ln_fold) for x [rows, C] and fc1_weight [hidden, C]: x and W both
+    bf16 (x is then already the MMA's operand dtype; with an fp32 x under autocast it would have to be rounded first,
+    which the three-way rule does not allow for rows whose mean is large against their spread), C <= 2048, and
     rows >= 2 * hidden. The fold reads W1 and writes W1g (2 x hidden x C elements) where the LN pass writes and GEMM1
-    reads y (2 x rows x C): below that many rows (batch < 32 at B/16) the LN pass moves fewer bytes."""
-    return (
-        x_dtype == w_dtype
-        and w_dtype in (torch.float16, torch.bfloat16)
-        and 1 <= C <= _FOLD_MAX_C
-        and rows >= 2 * hidden
-    )
+    reads y (2 x rows x C): below that many rows (batch < 32 at B/16) the LN pass moves fewer bytes.
+    Not fp16: W1 * g would be rounded to fp16, whose range it can leave (|W1 g| > 65504 gives inf, and NaN after the
+    epilogue where torch's GELU of a large negative pre-activation is 0; tiny products go subnormal). bf16 has fp32's
+    exponent range. Scaling W1g's rows by powers of two would fix that, but cost the fold pass a row max (167 instead
+    of 125 registers, +19% instructions on sm_90)."""
+    return x_dtype == w_dtype and w_dtype == torch.bfloat16 and 1 <= C <= _FOLD_MAX_C and rows >= 2 * hidden
 
 
 def _fold_launch(M: int, N: int, C: int) -> dict[str, int]:
@@ -384,12 +383,12 @@ _FOLD_WARPS = 1
 def ln_fold(
     x: Tensor, ln_weight: Tensor, ln_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, *, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """x [..., C] and W1 [N, C], b1 [N] in one 16-bit dtype W (folds() true), ln_* [C] -> (mean [M] fp32, rstd [M]
+    """x [..., C] and W1 [N, C], b1 [N] in bf16 (folds() true), ln_* [C] -> (mean [M] fp32, rstd [M]
     fp32, W1g [N, C] W = round_W(W1 * g), cw [N] fp32 = sum_c W1g, b' [N] fp32 = b1 + W1 beta), in one launch."""
     C = x.shape[-1]
     M, N = x.numel() // C, fc1_weight.shape[0]
     if not folds(x.dtype, fc1_weight.dtype, C, M, N):
-        raise ValueError(f"ln_fold: x and fc1_weight must share a 16-bit dtype, C <= {_FOLD_MAX_C} and rows >= 2 x "
+        raise ValueError(f"ln_fold: x and fc1_weight must both be bf16, C <= {_FOLD_MAX_C} and rows >= 2 x "
                          f"hidden, got {x.dtype} / {fc1_weight.dtype}, C = {C}, rows = {M}, hidden = {N}")  # fmt: skip
     dev, f32 = x.device, torch.float32
     mean, rstd = torch.empty(M, device=dev, dtype=f32), torch.empty(M, device=dev, dtype=f32)
