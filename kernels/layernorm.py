@@ -353,8 +353,17 @@ def layernorm_fwd(x: Tensor, ln_weight: Tensor, ln_bias: Tensor, *, eps: float, 
     return y
 
 
-_FOLD_TILE = 2048  # [BLOCK_R, BLOCK_C] values per program of _ln_fold_kernel, one warp (row sums are shuffles)
-_FOLD_MAX_C = 2048  # whole rows in registers up to C = 2048 (every Mixer width); wider rows take the LN pass
+# One-warp whole-row passes (token_mix's stats pass, _ln_fold_kernel): rows in registers up to C = 2048 (every Mixer
+# width), so a row's sums are warp shuffles (no shared-memory round trip between warps).
+WHOLE_ROW_WARPS = 1
+WHOLE_ROW_MAX_C = 2048
+
+
+def whole_row_tile(C: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_C) of a one-warp whole-row pass over rows of C <= WHOLE_ROW_MAX_C channels: BLOCK_C = the next
+    power of two >= C (at least 16), BLOCK_R x BLOCK_C = 2048 values (64 per thread), at most 64 rows."""
+    block_c = max(16, triton.next_power_of_2(C))
+    return max(1, min(64, 2048 // block_c)), block_c
 
 
 def folds(x_dtype: torch.dtype, w_dtype: torch.dtype, C: int, rows: int, hidden: int) -> bool:
@@ -367,17 +376,13 @@ def folds(x_dtype: torch.dtype, w_dtype: torch.dtype, C: int, rows: int, hidden:
     epilogue where torch's GELU of a large negative pre-activation is 0; tiny products go subnormal). bf16 has fp32's
     exponent range. Scaling W1g's rows by powers of two would fix that, but cost the fold pass a row max (167 instead
     of 125 registers, +19% instructions on sm_90)."""
-    return x_dtype == w_dtype and w_dtype == torch.bfloat16 and 1 <= C <= _FOLD_MAX_C and rows >= 2 * hidden
+    return x_dtype == w_dtype and w_dtype == torch.bfloat16 and 1 <= C <= WHOLE_ROW_MAX_C and rows >= 2 * hidden
 
 
 def _fold_launch(M: int, N: int, C: int) -> dict[str, int]:
-    block_c = max(16, triton.next_power_of_2(C))
-    block_r = max(1, _FOLD_TILE // block_c)
+    block_r, block_c = whole_row_tile(C)
     return dict(row_programs=triton.cdiv(M, block_r), programs=triton.cdiv(M, block_r) + triton.cdiv(N, block_r),
                 BLOCK_R=block_r, BLOCK_C=block_c)  # fmt: skip
-
-
-_FOLD_WARPS = 1
 
 
 def ln_fold(
@@ -388,7 +393,7 @@ def ln_fold(
     C = x.shape[-1]
     M, N = x.numel() // C, fc1_weight.shape[0]
     if not folds(x.dtype, fc1_weight.dtype, C, M, N):
-        raise ValueError(f"ln_fold: x and fc1_weight must both be bf16, C <= {_FOLD_MAX_C} and rows >= 2 x "
+        raise ValueError(f"ln_fold: x and fc1_weight must both be bf16, C <= {WHOLE_ROW_MAX_C} and rows >= 2 x "
                          f"hidden, got {x.dtype} / {fc1_weight.dtype}, C = {C}, rows = {M}, hidden = {N}")  # fmt: skip
     dev, f32 = x.device, torch.float32
     mean, rstd = torch.empty(M, device=dev, dtype=f32), torch.empty(M, device=dev, dtype=f32)
@@ -397,7 +402,7 @@ def ln_fold(
     p = _fold_launch(M, N, C)
     _ln_fold_kernel[(p["programs"],)](
         x, ln_weight, ln_bias, fc1_weight, fc1_bias, mean, rstd, w1g, cw, bf, M, N, C, float(eps), p["row_programs"],
-        BLOCK_R=p["BLOCK_R"], BLOCK_C=p["BLOCK_C"], num_warps=_FOLD_WARPS,
+        BLOCK_R=p["BLOCK_R"], BLOCK_C=p["BLOCK_C"], num_warps=WHOLE_ROW_WARPS,
     )  # fmt: skip
     return mean, rstd, w1g, cw, bf
 
@@ -514,7 +519,7 @@ def add_fold_spec(specs: SpecSet, case: Case) -> None:
     args = dict(X=Ptr(x_dt), LN_W=ln, LN_B=ln, W1=w, B1=w, MEAN=f32, RSTD=f32, W1G=w, CW=f32, BF=f32, M=shape.M,
                 N=shape.DC, C=shape.C, eps=1e-6, row_programs=p["row_programs"], BLOCK_R=p["BLOCK_R"],
                 BLOCK_C=p["BLOCK_C"])  # fmt: skip
-    specs.add(_ln_fold_kernel, case.tag, shape, args, triton.Config({}, num_warps=_FOLD_WARPS))
+    specs.add(_ln_fold_kernel, case.tag, shape, args, triton.Config({}, num_warps=WHOLE_ROW_WARPS))
 
 
 def add_row_kernel_specs(specs: SpecSet, case: Case, *, col_sum: bool, dy_dtype: torch.dtype) -> None:

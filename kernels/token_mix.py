@@ -61,16 +61,18 @@ from torch import Tensor
 
 from fastmixer.kernels._common import dot_precision, gelu, mma, pick_configs, round_to
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
-from fastmixer.kernels.layernorm import ln_row_stats, ln_whole_row_stats
+from fastmixer.kernels.layernorm import (
+    WHOLE_ROW_MAX_C,
+    WHOLE_ROW_WARPS,
+    ln_row_stats,
+    ln_whole_row_stats,
+    whole_row_tile,
+)
 from fastmixer.mix_args import MixArgs, check_launch_args
 
-# Stats pass: one warp per program, so a row's sums are warp shuffles (no shared-memory round trip between warps).
-# sm_90 SASS, bf16, C = 768 (whole rows of 1024 lanes): warp-instructions per row 608 with [4, 1024] on 4 warps,
-# 348 with [2, 1024] on 1 warp, 326 with [4, 1024] on 1 warp (128 fp32 values per thread); the old chunked
-# Welford ([8, 512] on 4 warps) 1367 per 8 rows.
-_STATS_WARPS = 1
-_STATS_TILE = 2048  # [BLOCK_R, BLOCK_K] values per program: 64 per thread
-_STATS_MAX_K = 2048  # whole rows up to C = 2048 (every Mixer width); wider rows in 256-channel Welford chunks
+# Stats pass: a one-warp whole-row pass (layernorm.whole_row_tile). sm_90 SASS, bf16, C = 768 (whole rows of 1024
+# lanes): warp-instructions per row 608 with [4, 1024] on 4 warps, 348 with [2, 1024] on 1 warp, 326 with [4, 1024]
+# on 1 warp (128 fp32 values per thread); the old chunked Welford ([8, 512] on 4 warps) 1367 per 8 rows.
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -386,12 +388,12 @@ def _default_split(S: int, x_dtype: torch.dtype, w_dtype: torch.dtype, route: st
 
 
 def stats_tile(C: int) -> dict[str, int | bool]:
-    """Constexprs of the stats pass (_STATS_WARPS warps): whole rows (BLOCK_K = next power of two >= C) up to 2048
-    channels, [BLOCK_R, BLOCK_K] = _STATS_TILE values per program; wider rows: 2 rows in 256-channel Welford chunks."""
-    block_k = max(16, triton.next_power_of_2(C))
-    if block_k > _STATS_MAX_K:
+    """Constexprs of the stats pass (WHOLE_ROW_WARPS warps): whole rows (layernorm.whole_row_tile) up to
+    WHOLE_ROW_MAX_C channels; wider rows: 2 rows in 256-channel Welford chunks."""
+    if C > WHOLE_ROW_MAX_C:
         return dict(BLOCK_R=2, BLOCK_K=256, WHOLE_ROWS=False)
-    return dict(BLOCK_R=max(1, min(64, _STATS_TILE // block_k)), BLOCK_K=block_k, WHOLE_ROWS=True)
+    block_r, block_k = whole_row_tile(C)
+    return dict(BLOCK_R=block_r, BLOCK_K=block_k, WHOLE_ROWS=True)
 
 
 def token_mix_fwd(
@@ -429,7 +431,7 @@ def token_mix_fwd(
     stats = torch.empty((2, n_rows), dtype=torch.float32, device=x.device)  # mean, rstd
     tile = stats_tile(C)
     _token_stats_kernel[(triton.cdiv(n_rows, tile["BLOCK_R"]),)](
-        x, stats, n_rows, C, float(eps), **tile, num_warps=_STATS_WARPS
+        x, stats, n_rows, C, float(eps), **tile, num_warps=WHOLE_ROW_WARPS
     )
     has_scale = branch_scale is not None
     scale = branch_scale if has_scale else x  # dummy pointer, never read
@@ -474,7 +476,7 @@ def gpu_build_specs() -> list[dict]:
         x, ln, w, f32 = Ptr(x_dt), Ptr(ln_dt), Ptr(w_dt), Ptr(torch.float32)
         out = Ptr(torch.promote_types(x_dt, w_dt))
         stats = dict(X=x, STATS=f32, N_ROWS=shape.M, C=shape.C, eps=1e-6, **stats_tile(shape.C))
-        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": _STATS_WARPS})
+        specs.add(_token_stats_kernel, route, shape, {**stats, "num_warps": WHOLE_ROW_WARPS})
         precision = dot_precision(tf32, w_dt)
         kroute = _default_route(w_dt, precision)
         common = dict(C=shape.C, DT=shape.DT, S=shape.S, PRECISION=precision)

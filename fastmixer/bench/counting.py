@@ -279,13 +279,9 @@ def _dry_run(func, name: str, args: tuple, kwargs: dict) -> Any:
         return func(*args, **kwargs)
 
 
-def _same(a: Tensor, b: Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape
-
-
 def _like(weight: Tensor, t: Tensor) -> bool:
-    """t is the weight or a copy derived from it (same shape and dtype)."""
-    return _same(weight, t) or (t.shape == weight.shape and t.dtype == weight.dtype)
+    """t is the weight or a copy derived from it: same shape and dtype."""
+    return t.shape == weight.shape and t.dtype == weight.dtype
 
 
 def _aten_flops(func, args: tuple, kwargs: dict, out: Any) -> int:
