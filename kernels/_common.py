@@ -66,10 +66,72 @@ def pick_configs(configs: list[triton.Config]) -> list[triton.Config]:
 
 
 # ------------------------------------------------------------------------------------------------ GELU
+# Exact GELU (timm's nn.GELU, approximate='none'): GELU(a) = a Phi(a), GELU'(a) = Phi(a) + a phi(a), with
+# Phi(a) = 0.5 erfc(-a / sqrt 2) and phi(a) = exp(-a^2 / 2) / sqrt(2 pi), through one form for every a:
+#   Phi(-u) = t P(t) exp(-u^2 / 2),  u = |a|,  t = 1 / (1 + ERFC_P u),  P(t) = sum_j ERFC_COEFFS[j] t^j
+#   Phi(a) = 1 - Phi(-u) (a >= 0)  or  Phi(-u) (a < 0);   exp(-a^2 / 2) = sqrt(2 pi) phi(a) is shared by GELU'.
+# P is a relative fit on u in [0, 8.5] (bench/fit_erfc.py: max relative error 6.8e-8 in Phi(-u) with these fp32
+# constants), so GELU(a) keeps its relative accuracy for negative a too. fp32 GELU vs float64 on a dense grid over
+# [-10, 10]: within 9.6 ulp for a >= -3 and 2.6e-9 absolute below (numpy emulation, exact division and exp; the
+# interpreted kernel in tests/test_gelu_erf.py: 9.1 ulp, 2.5e-9), where torch's own fp32 GELU,
+# 0.5 a (1 + erf(a / sqrt 2)), is off by up to 546 ulp (a >= -3) and 2.6e-7 absolute (its 1 + erf cancels).
+# sm_90 SASS per element: 8 FFMA/FMUL for P, two MUFU (rcp, ex2), ~8 more; libdevice's erff (the previous form)
+# computes two polynomials per element and selects their coefficients through registers: 430 -> 321 instructions per
+# step of the fused token kernel's main loop (bf16, 8 GELUs per thread).
+ERFC_P: tl.constexpr = tl.constexpr(0.2280000001192093)
+_E0: tl.constexpr = tl.constexpr(0.09130217134952545)
+_E1: tl.constexpr = tl.constexpr(0.0857882872223854)
+_E2: tl.constexpr = tl.constexpr(0.119728222489357)
+_E3: tl.constexpr = tl.constexpr(-0.04482603073120117)
+_E4: tl.constexpr = tl.constexpr(0.3321940302848816)
+_E5: tl.constexpr = tl.constexpr(-0.31795254349708557)
+_E6: tl.constexpr = tl.constexpr(0.3163965046405792)
+_E7: tl.constexpr = tl.constexpr(-0.08263062685728073)
+ERFC_COEFFS = tuple(c.value for c in (_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7))  # c0..c7 (tests, bench/fit_erfc.py)
+
+
+@triton.jit
+def _fast_rcp(x):
+    """1 / x for fp32 x in [2^-126, 2^126]: one MUFU.RCP on GPU (rcp.approx.ftz, max relative error 2^-23; `1.0 / x`
+    compiles to div.full with ~7 range-scaling instructions around it); exact division under the interpreter."""
+    if _INTERPRET_JIT:
+        return 1.0 / x
+    else:
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _fast_exp2(x):
+    """2^x for fp32 x, results below 2^-126 flushed to 0: one MUFU.EX2 on GPU (ex2.approx.ftz, max relative error
+    2^-22; tl.exp adds ~4 denormal-range instructions); numpy's exp2 under the interpreter."""
+    if _INTERPRET_JIT:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _phi_and_pdf(a):
+    """(Phi(a), exp(-a^2 / 2)) of fp32 `a` (the form above). u is capped at 22 (Phi(-22) ~ 1e-107: t P(t) e = 0
+    either way) so that 1 + ERFC_P u stays in _fast_rcp's range for any a, +-inf included; exp(-a^2 / 2) is 0 below
+    2^-126 (|a| > 13.2, where torch's 1 + erf is 0 too)."""
+    u = tl.minimum(tl.abs(a), 22.0)
+    t = _fast_rcp(1.0 + ERFC_P * u)
+    p = ((((((_E7 * t + _E6) * t + _E5) * t + _E4) * t + _E3) * t + _E2) * t + _E1) * t + _E0  # P(t), Horner
+    e = _fast_exp2(a * a * -0.7213475204444817)  # exp(-a^2 / 2) = 2^(-a^2 log2(e) / 2)
+    q = t * p * e  # Phi(-u)
+    return tl.where(a >= 0, 1.0 - q, q), e
+
+
 @triton.jit
 def gelu_erf(a):
-    """Exact GELU on fp32 `a`: 0.5 * a * (1 + erf(a / sqrt 2)) (timm's nn.GELU, approximate='none')."""
-    return 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+    """Exact GELU on fp32 `a`: a Phi(a) = 0.5 a (1 + erf(a / sqrt 2)) (timm's nn.GELU, approximate='none')."""
+    cdf, _ = _phi_and_pdf(a)
+    return a * cdf
 
 
 # tanh-approximate GELU (nn.GELU(approximate="tanh"), Flax's default), with u = k (a + c a^3), k = sqrt(2/pi),
@@ -106,5 +168,5 @@ def gelu_and_grad(a, ACT: tl.constexpr):
         slope = 1.5957691216057308 * (1.0 + 0.134145 * ac * ac)  # 2u' = 2k (1 + 3c a^2)
         return a * sig, sig + a * (sig * one_minus) * slope
     else:
-        cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))  # Phi(a): GELU = a Phi(a), GELU' = Phi + a phi(a)
-        return a * cdf, cdf + a * tl.exp(-0.5 * a * a) * 0.3989422804014327
+        cdf, e = _phi_and_pdf(a)  # GELU = a Phi(a), GELU' = Phi(a) + a phi(a), phi(a) = e / sqrt(2 pi)
+        return a * cdf, cdf + a * e * 0.3989422804014327

@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import dot_precision, gelu, mma, pick_configs, round_to
+from fastmixer.kernels._common import dot_precision, gelu, keep_configs, mma, pick_configs, round_to
 from fastmixer.kernels._specs import MODEL_SHAPES, ROUTE_DTYPES, TOKEN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.kernels.layernorm import (
     WHOLE_ROW_MAX_C,
@@ -328,12 +328,30 @@ def _fused_configs(route: str, w_dtype: torch.dtype) -> list[triton.Config]:
         ]
     if w_dtype == torch.float32:  # tf32: only when forced (tests); by default tf32 takes the split route
         return [c({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2)]
-    # The O^T strip (128 fp32 registers per thread at S_PAD = 256) leaves little room: BLOCK_D = 32 on 4 warps spills
-    # at S_PAD = 256 on sm_90 (255 registers), BLOCK_D = 16 there and 32 on 8 warps do not.
+    # The O^T strip (128 fp32 registers per thread at S_PAD = 256) leaves little room: BLOCK_D = 16 and 32 on 8 warps
+    # fit everywhere; _WIDE_D (32 on 4 warps) only up to S = _WIDE_D_MAX_S.
     return [
         c({"BLOCK_C": 64, "BLOCK_D": 16, "BLOCK_K": 1024}, num_warps=4, num_stages=2),
         c({"BLOCK_C": 128, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=8, num_stages=2),
+        _WIDE_D,
     ]
+
+
+# BLOCK_D = 32 on one warpgroup: the per-step overhead that does not grow with BLOCK_D (the LN strip's shared-memory
+# reload into dot 1's register A operand, the W1 / W2 chunk address math) is paid per 32 hidden units instead of 16.
+# sm_90 bf16 at S = 196 (triton 3.8): 538 instructions per step for 512 MMA cycles (1.05) against 321 for 256 (1.25)
+# at BLOCK_D = 16; 255 registers, no spill, 2 CTAs/SM. At S = 256 (no token mask) it spills (4 B with triton 3.8,
+# 16 B with 3.6), so the autotuner sees it only for S <= _WIDE_D_MAX_S (also the AOT specs: gpu_build_specs).
+_WIDE_D = triton.Config({"BLOCK_C": 64, "BLOCK_D": 32, "BLOCK_K": 1024}, num_warps=4, num_stages=2)
+_WIDE_D_MAX_S = 196
+
+
+def _fused_fits(cfg: triton.Config, S: int) -> bool:
+    return cfg is not _WIDE_D or S <= _WIDE_D_MAX_S
+
+
+def _prune_fused(configs, named_args, **kwargs):
+    return keep_configs(configs, [c for c in configs if _fused_fits(c, kwargs["S"])])
 
 
 def _split_configs(kernel: str, route: str, w_dtype: torch.dtype) -> list[triton.Config]:
@@ -349,8 +367,9 @@ def _split_configs(kernel: str, route: str, w_dtype: torch.dtype) -> list[triton
     return [c({m: bm, "BLOCK_C": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s) for bm, bn, bk, w, s in tiles]
 
 
-def _autotuned(kernel, configs: list[triton.Config], key: list[str]):
-    return triton.autotune(configs=pick_configs(configs), key=key)(kernel)
+def _autotuned(kernel, configs: list[triton.Config], key: list[str], prune=None):
+    prune_by = {"early_config_prune": prune} if prune else None
+    return triton.autotune(configs=pick_configs(configs), key=key, prune_configs_by=prune_by)(kernel)
 
 
 # One autotuner per (route, fp32 operands?) and kernel: each with its own config list, over the same JIT functions.
@@ -360,7 +379,7 @@ _KEY = ["S", "C", "DT"]
 _FUSED, _FC1, _FC2 = {}, {}, {}
 for _r in _ROUTES:
     for _f, _w in _W_OF.items():
-        _FUSED[_r, _f] = _autotuned(_token_mix_fwd_kernel, _fused_configs(_r, _w), _KEY)
+        _FUSED[_r, _f] = _autotuned(_token_mix_fwd_kernel, _fused_configs(_r, _w), _KEY, _prune_fused)
         _FC1[_r, _f] = _autotuned(_token_fc1_kernel, _split_configs("fc1", _r, _w), _KEY)
         _FC2[_r, _f] = _autotuned(_token_fc2_kernel, _split_configs("fc2", _r, _w), _KEY)
 
@@ -484,7 +503,8 @@ def gpu_build_specs() -> list[dict]:
             args = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, W2=w, B2=w, SCALE=x, OUT=out, N_ROWS=shape.M,
                         S_PAD=_s_pad(shape.S), HAS_SCALE=case.scale, ACT=case.act, **common)  # fmt: skip
             for i, cfg in enumerate(_fused_configs(kroute, w_dt)):
-                specs.add(_token_mix_fwd_kernel, route, shape, args, cfg, config_index=i)
+                if _fused_fits(cfg, shape.S):
+                    specs.add(_token_mix_fwd_kernel, route, shape, args, cfg, config_index=i)
             continue
         fc1 = dict(X=x, STATS=f32, LN_W=ln, LN_B=ln, W1=w, B1=w, HT=w, N_ROWS=shape.M, ACT=case.act, **common)
         fc2 = dict(X=x, HT=w, W2=w, B2=w, SCALE=x, OUT=out, HAS_SCALE=case.scale, **common)

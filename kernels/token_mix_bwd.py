@@ -48,8 +48,12 @@ from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_pr
 from fastmixer.kernels.token_mix import _image_tile
 from fastmixer.mix_args import MixArgs, check_launch_args
 
-# Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes.
-_WGRAD_TARGET_PROGRAMS = 264
+# Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes
+# (and the fp32 partial sums' order with it). 256 rather than 2 x 132: at L/16 (S = 196, Dt = 512, 32 tiles of 64 x 64)
+# 264 gave 9 splits, 288 programs for the 64 x 128 config, 3 on some of the 132 SMs and 2 on the others (the time
+# MODEL: issue-bound, 290.0 us per block); 256 gives 8 splits and 256 programs (memory-bound, 265.0 us). B/16: 11
+# splits either way.
+_WGRAD_TARGET_PROGRAMS = 256
 
 
 def _route(w_dtype: torch.dtype, precision: str) -> str:
@@ -64,10 +68,14 @@ def _route(w_dtype: torch.dtype, precision: str) -> str:
 # its 4-warp 64x128 tiles take BLOCK_K = 32 (BLOCK_K = 64 spills 32-36 B on sm_80) and its 8-warp tiles are 128x64
 # (128x128 spills 40-96 B on sm_90). fp32 at "ieee" runs on the FMA units: small tiles.
 _GEMM_TILES = {
-    ("dgrad", "16"): [(128, 64, 32, 8, 4), (64, 128, 32, 4, 3), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3)],
-    # 64x128x16 on 4 warps dropped: 0 spills with triton 3.8, but 255 registers and spills with 3.6 (the GPU machines')
+    ("dgrad", "16"): [(128, 64, 32, 8, 4), (64, 128, 32, 4, 3), (64, 64, 64, 4, 3)],
+    # 64x128x16 on 4 warps dropped: 0 spills with triton 3.8, but 255 registers and spills with 3.6 (the GPU machines');
+    # 64x128x32 on 4 warps at 4 stages dropped with the erfc-form GELU: 4 B spilled on sm_80 at S = 256 (the model
+    # never picked it over 3 stages)
     ("dgrad", "tf32"): [(128, 64, 32, 8, 3), (64, 64, 32, 4, 3)],
-    ("dgrad", "fp32"): [(32, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 64, 16, 8, 3)],
+    # fp32 (FMA route) 32x64x32 on 4 warps: 128 registers with triton 3.8 but 255 and 324 B of spills with 3.6 (the GPU
+    # machines') once the GELU became the erfc form; 32x64x16: 96 registers, no spill, with 3.6
+    ("dgrad", "fp32"): [(32, 64, 16, 4, 3), (64, 64, 32, 8, 3), (64, 64, 16, 8, 3)],
     ("dy", "16"): [(64, 128, 64, 4, 3), (128, 128, 64, 8, 2), (64, 128, 32, 4, 4)],
     ("dy", "tf32"): [(64, 128, 32, 4, 3), (128, 128, 32, 8, 2), (64, 128, 32, 4, 2)],
     # dy on the FMA route: 64x64x32 on 8 warps spills 4 B on sm_80 at S = 49, hence BLOCK_K = 16 there

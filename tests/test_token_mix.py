@@ -145,6 +145,22 @@ def test_low_precision_three_way(shape, dtype, split):
     assert_three_way(ours, oracle, theirs, "op_eps", dtype)
 
 
+@pytest.mark.skipif(not INTERPRET, reason="a GPU autotunes over every config itself")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("index", range(len(tm._fused_configs("mma", torch.bfloat16))))
+def test_every_fused_config_three_way(index, dtype, monkeypatch):
+    """Each 16-bit fused config a GPU may autotune to (the interpreter runs only the first): BLOCK_D 16 / 32 on 4
+    warps, 32 on 8 (BLOCK_C 128 > C: masked channels), three-way at S = 36 and an odd hidden width (Dt 21: a partial
+    BLOCK_D chunk in both dots)."""
+    cfg = tm._fused_configs("mma", torch.bfloat16)[index]
+    tuner = tm._FUSED["mma", False]
+    monkeypatch.setattr(tuner, "configs", [cfg])
+    low = cast(make_inputs(3, 36, 40, 21, scale=True), dtype, dtype)
+    ours = run_ours(low, split=False)
+    assert tuner.best_config is cfg  # this config ran
+    assert_three_way(ours, run_ref(upcast(low)), run_ref(low), "op_eps", dtype)
+
+
 @pytest.mark.parametrize("w_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_mixed_fp32_x_low_precision_weights(w_dtype):
     # The autocast case: fp32 residual stream, matmuls in w_dtype. torch reference under the same casts (LN output cast
