@@ -25,8 +25,7 @@ each aten op keeps the shapes of its tensor inputs.
 
 Launches can be recorded without executing them (`execute=False`): the launch is logged and skipped, so outputs hold
 garbage, which no count depends on. That makes real-size counts (B/16, L/16) cheap on a CPU with no GPU, at the
-real batch (count_variant; `_extrapolate` can also carry counts at batch 2 and 3 to another batch when both kernel
-sequences match, which it checks: not across channel_mix's LN-fold threshold).
+real batch itself (count_variant: the launch sequence depends on the batch, e.g. channel_mix's LN-fold threshold).
 
 The roofline time is a MODEL, not a measurement: each kernel takes max(flops / peak_flops, bytes / peak_bw) plus a
 fixed launch overhead, with the H100 SXM figures of `H100_SXM`.
@@ -119,8 +118,7 @@ class Kernel:
     launch: Launch | None = dataclasses.field(default=None, repr=False, compare=False)  # while being attributed
     # Triton launches: the grid (tuple or callable of the meta-parameters) and the named arguments (ints, floats,
     # constexprs as passed; tensors as TensorArg), so a grid can be evaluated for any autotune config. aten ops: args
-    # holds "shapes", the shapes of the op's tensor inputs. Both None after batch extrapolation (they were taken at
-    # another batch).
+    # holds "shapes", the shapes of the op's tensor inputs.
     grid: Any = dataclasses.field(default=None, repr=False, compare=False)
     args: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -387,23 +385,6 @@ def summarize(kernels: list[Kernel], dtype: torch.dtype | str, device: Roofline 
             "model_us": roofline_us(ks, dtype, device),
         }
     return out
-
-
-def _extrapolate(k2: list[Kernel], k3: list[Kernel], batch: int) -> list[Kernel]:
-    # Counts at batch 2 and 3 -> batch B, per kernel: every tensor size is affine in B. (Batch 1 is not used as a
-    # point: there a [1, C, S] transpose is contiguous enough for matmul to skip a copy, so its sequence differs.)
-    if [(k.name, k.phase) for k in k2] != [(k.name, k.phase) for k in k3]:
-        raise RuntimeError(f"the kernel sequence differs between batch 2 and 3; cannot extrapolate to batch {batch}")
-    return [
-        dataclasses.replace(
-            a,
-            bytes=a.bytes + (b.bytes - a.bytes) * (batch - 2),
-            flops=a.flops + (b.flops - a.flops) * (batch - 2),
-            grid=None,  # grids and arguments were taken at batch 2: not those of `batch`
-            args=None,
-        )
-        for a, b in zip(k2, k3)
-    ]
 
 
 def count_variant(
