@@ -2,11 +2,13 @@
 dot precision, autotune config selection.
 
 Interpreter switch, in one place. Under TRITON_INTERPRET=1 kernels run on CPU through numpy: multi-config autotune
-fails there ("0 active drivers"), bf16 tl.dot returns garbage (triton issue 11584) and the fp32 -> bf16 cast truncates.
+fails there ("0 active drivers"), bf16 tl.dot returns garbage (triton issue 11584), the fp32 -> bf16 cast truncates
+and inline PTX cannot run.
 `INTERPRET` (Python) is read once, before triton is imported; `_INTERPRET_JIT` is the same value as a global
 tl.constexpr for jit code: Triton adds constexpr globals to each caller's JIT cache key, and it is False in every GPU
 process (and in the AOT build worker, tests/aot.py, which runs with TRITON_INTERPRET unset). Kernels never read it:
-they call `mma` and `round_to`, which are plain tl.dot / casts on GPU.
+they call `mma`, `round_to` and the GELU helpers (`_fast_rcp`, `_fast_exp2`), which are plain tl.dot / casts / one
+MUFU instruction on GPU.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def _fast_exp2(x):
 @triton.jit
 def _phi_and_pdf(a):
     """(Phi(a), exp(-a^2 / 2)) of fp32 `a` (the form above). u is capped at 22 (Phi(-22) ~ 1e-107: t P(t) e = 0
-    either way) so that 1 + ERFC_P u stays in _fast_rcp's range for any a, +-inf included; exp(-a^2 / 2) is 0 below
-    2^-126 (|a| > 13.2, where torch's 1 + erf is 0 too)."""
+    either way) so that 1 + ERFC_P u stays in _fast_rcp's range for any a, +-inf included; exp(-a^2 / 2) flushes to 0
+    for |a| > 13.2 (torch's fp32 1 + erf(a / sqrt 2) is 0 already below a = -5.5)."""
     u = tl.minimum(tl.abs(a), 22.0)
     t = _fast_rcp(1.0 + ERFC_P * u)
     p = ((((((_E7 * t + _E6) * t + _E5) * t + _E4) * t + _E3) * t + _E2) * t + _E1) * t + _E0  # P(t), Horner

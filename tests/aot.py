@@ -136,8 +136,8 @@ def _summary(module: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def source_fingerprint(fn: Any) -> list[str]:
     """The source of a @triton.jit function and of every jit function it calls (transitively), plus the values of the
-    plain constants it reads: what decides the code it compiles to. Unlike triton's own cache key, line numbers do
-    not enter, so editing a kernel module elsewhere does not invalidate the kernel report."""
+    plain and tl.constexpr constants it reads: what decides the code it compiles to. Unlike triton's own cache key,
+    line numbers do not enter, so editing a kernel module elsewhere does not invalidate the kernel report."""
     import ast
 
     import triton
@@ -155,6 +155,8 @@ def source_fingerprint(fn: Any) -> list[str]:
             value = f.__globals__[node.id]
             if isinstance(value, triton.runtime.jit.JITFunction):
                 visit(value)
+            elif isinstance(value, triton.language.constexpr):  # e.g. the GELU's fitted coefficients
+                seen[f"{name}:{node.id}"] = repr(value.value)
             elif isinstance(value, (int, float, str, bool)):
                 seen[f"{name}:{node.id}"] = repr(value)
 

@@ -83,3 +83,26 @@ def test_update_reuses_only_matching_rows_of_the_same_triton(tmp_path):
     path.write_text(json.dumps({"triton": "3.8.0", "builds": rows}))
     assert set(kr.reusable_rows(str(path), "3.8.0")) == {("id-a", 90), ("id-b", 80)}
     assert kr.reusable_rows(str(path), "3.6.0") == {}
+
+
+# ------------------------------------------------------------------------------------------------ build identity
+_SCALE = None  # a tl.constexpr global of _fingerprint_probe, set below (triton is imported by conftest first)
+
+
+def _fingerprint_probe(X):
+    return X * _SCALE
+
+
+def test_source_fingerprint_sees_constexpr_globals(monkeypatch):
+    """A kernel's build id (tests/aot.build_id) changes with the value of a tl.constexpr global it reads (the GELU's
+    fitted coefficients are such globals): otherwise a report row would still pass as current after such an edit."""
+    import aot
+    import triton
+    import triton.language as tl
+
+    fn = triton.runtime.jit.JITFunction(_fingerprint_probe)  # a real JITFunction, also under the interpreter
+    monkeypatch.setitem(globals(), "_SCALE", tl.constexpr(0.5))
+    before = aot.source_fingerprint(fn)
+    assert any(line.endswith("_SCALE\n0.5") for line in before), before
+    monkeypatch.setitem(globals(), "_SCALE", tl.constexpr(0.25))
+    assert aot.source_fingerprint(fn) != before
