@@ -41,14 +41,21 @@ def fit(p: float, n: int = DEGREE, u_max: float = U_MAX, iters: int = 60) -> tup
     return c, float(r.max())
 
 
-def gelu_fp32(x: np.ndarray, p: np.float32, c: np.ndarray) -> np.ndarray:
-    """The kernel's formula (kernels/_common.py: _phi_and_pdf, gelu_erf) in fp32 (exact division and exp)."""
+# PTX's documented worst-case relative errors of the GPU's approximations (rcp.approx.ftz.f32: 1 ulp; ex2.approx:
+# 2^-22.5 ~ 2 ulp): gelu_fp32(..., rcp_err=, ex2_err=) scales t and exp2's result by (1 + err) to bound the GPU's form.
+RCP_ERR = 2.0**-23
+EX2_ERR = 2.0**-22.5
+
+
+def gelu_fp32(x: np.ndarray, p: np.float32, c: np.ndarray, rcp_err: float = 0.0, ex2_err: float = 0.0) -> np.ndarray:
+    """The kernel's formula (kernels/_common.py: _phi_and_pdf, gelu_erf) in fp32: exact division and exp2, or with t
+    and exp2's result off by the relative errors given (the GPU's rcp.approx / ex2.approx at their documented worst)."""
     x = x.astype(np.float32)
-    t = np.float32(1) / (np.float32(1) + p * np.abs(x))
+    t = (np.float32(1) / (np.float32(1) + p * np.abs(x)) * np.float32(1 + rcp_err)).astype(np.float32)
     poly = c[-1]
     for cc in c[-2::-1]:
         poly = poly * t + cc
-    e = np.exp2(x * x * np.float32(-0.5 * math.log2(math.e))).astype(np.float32)  # exp(-x^2 / 2)
+    e = (np.exp2(x * x * np.float32(-0.5 * math.log2(math.e))) * np.float32(1 + ex2_err)).astype(np.float32)
     q = (t * poly) * e  # Phi(-|x|)
     return x * np.where(x >= 0, np.float32(1) - q, q)
 
@@ -68,6 +75,9 @@ def main() -> None:
     want = x64 * 0.5 * np.array([math.erfc(-v / math.sqrt(2)) for v in x64])
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
     rows = [("kernel formula", gelu_fp32(x, p32, c32).astype(np.float64))]
+    for sr, se in ((1, 1), (1, -1), (-1, 1), (-1, -1)):  # the GPU's approximations at their worst, each sign
+        gpu = gelu_fp32(x, p32, c32, rcp_err=sr * RCP_ERR, ex2_err=se * EX2_ERR).astype(np.float64)
+        rows.append((f"kernel formula, rcp {sr:+d} ulp, ex2 {se * 2:+d} ulp", gpu))
     try:
         import torch
 
