@@ -49,7 +49,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -1109,12 +1108,9 @@ def _kernel_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=ROOT).stdout.strip()  # fmt: skip
-        return out or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    from fastmixer.bench.harness import git_describe
+
+    return git_describe(ROOT)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -238,3 +238,25 @@ def test_from_json_rerenders_without_measuring(tmp_path, capsys):
 
 def test_cli_rejects_unknown_provider(tmp_path):
     assert cli_main(["bench", "--device=cpu", "--providers=fastmixer,tensorrt", f"--out={tmp_path}"]) == 2
+
+
+def test_git_describe_marks_uncommitted_changes(tmp_path):
+    """Reports name the commit they were made at, "+dirty" when tracked files differ from it (results regenerated
+    before their own commit), and None outside a git checkout."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    assert harness.git_describe(tmp_path) is None
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "y")
+    clean = harness.git_describe(tmp_path)
+    assert clean and "+" not in clean
+    (tmp_path / "untracked.txt").write_text("u")  # untracked files do not count
+    assert harness.git_describe(tmp_path) == clean
+    (tmp_path / "f.txt").write_text("b")
+    assert harness.git_describe(tmp_path) == clean + "+dirty"

@@ -429,6 +429,22 @@ def cpu_compile_allowed(case: Case, policy: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ the suite
+def git_describe(cwd: Path) -> str | None:
+    """The short commit of the checkout at `cwd`, with "+dirty" when tracked files differ from it (results are
+    regenerated before their own commit, so a clean id would name code that did not produce them); None outside
+    git."""
+
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "--short", "HEAD")
+        dirty = commit and run("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else (commit or None)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Device name, versions, and run settings recorded with every report."""
     try:
@@ -445,16 +461,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         name = f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
         kind = "CPU"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    commit = git_describe(Path(__file__).resolve().parent)
     return {
         "device": name,
         "device_kind": kind,
@@ -465,7 +472,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "fastmixer_backend": _backend_for(device),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "git_commit": commit or None,
+        "git_commit": commit,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
