@@ -258,5 +258,12 @@ def test_git_describe_marks_uncommitted_changes(tmp_path):
     assert clean and "+" not in clean
     (tmp_path / "untracked.txt").write_text("u")  # untracked files do not count
     assert harness.git_describe(tmp_path) == clean
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "r.md").write_text("r1")
+    git("add", "bench")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "z")
+    clean = harness.git_describe(tmp_path / "bench")  # from a subfolder, as the harness runs it
+    (tmp_path / "bench" / "results" / "r.md").write_text("r2")  # regenerated results do not count
+    assert harness.git_describe(tmp_path) == clean
     (tmp_path / "f.txt").write_text("b")
-    assert harness.git_describe(tmp_path) == clean + "+dirty"
+    assert harness.git_describe(tmp_path / "bench") == clean + "+dirty"

@@ -430,16 +430,17 @@ def cpu_compile_allowed(case: Case, policy: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ the suite
 def git_describe(cwd: Path) -> str | None:
-    """The short commit of the checkout at `cwd`, with "+dirty" when tracked files differ from it (results are
-    regenerated before their own commit, so a clean id would name code that did not produce them); None outside
-    git."""
+    """The short commit of the checkout at `cwd`, with "+dirty" when tracked files outside bench/results differ from
+    it (a clean id would name code that did not produce the results; regenerated results themselves do not count);
+    None outside git."""
 
     def run(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd).stdout.strip()
 
     try:
         commit = run("rev-parse", "--short", "HEAD")
-        dirty = commit and run("status", "--porcelain", "--untracked-files=no")
+        outside_results = (":(top)", ":(top,exclude)bench/results")
+        dirty = commit and run("status", "--porcelain", "--untracked-files=no", "--", *outside_results)
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else (commit or None)
