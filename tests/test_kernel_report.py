@@ -106,3 +106,24 @@ def test_source_fingerprint_sees_constexpr_globals(monkeypatch):
     assert any(line.endswith("_SCALE\n0.5") for line in before), before
     monkeypatch.setitem(globals(), "_SCALE", tl.constexpr(0.25))
     assert aot.source_fingerprint(fn) != before
+
+
+_cspec = importlib.util.spec_from_file_location("compare_reports", os.path.join(ROOT, "bench", "compare_reports.py"))
+cr = importlib.util.module_from_spec(_cspec)
+_cspec.loader.exec_module(cr)
+
+
+def test_compare_reports_lists_what_changed():
+    """bench/compare_reports.py: per (kernel, route) at one arch, "before / after" only in the cells that differ;
+    unchanged kernels are left out unless asked for; a kernel in one report only shows "(none)" on the other side."""
+    k, j, n = "k.k[bf16,cfg0,B:S196:b256]", "k.j[bf16,cfg0,B:S196:b256]", "k.n[fp16,cfg0,B:S196:b256]"
+    old_rows = [_row(k, 90, "ok"), _row(k, 80, "ok"), dict(_row(j, 90, "ok"), kernel="_j")]
+    new_rows = [_row(k, 90, "ok", registers=160), _row(k, 80, "ok"), dict(_row(j, 90, "ok"), kernel="_j"),
+                dict(_row(n, 90, "ok"), kernel="_n")]  # fmt: skip
+    old, new = dict(builds=old_rows, triton="3.8.0"), dict(builds=new_rows, triton="3.8.0")
+    md = cr.compare(old, new, arch=90)
+    row_k = next(line for line in md.splitlines() if line.startswith("| `_k` |"))
+    assert "| 128 / 160 |" in row_k and "| HGMMA+HMMA |" in row_k  # changed cell vs unchanged cell
+    assert "`_j`" not in md and "`_j`" in cr.compare(old, new, arch=90, show_all=True)
+    assert "| `_n` | fp16 | (none) / 1 |" in md
+    assert "`_k`" not in cr.compare(old, new, arch=80)  # sm_80 rows did not change
