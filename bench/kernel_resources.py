@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         for summary in summaries:
             if args.filter not in summary["name"]:
                 continue
-            for arch in archs:
+            for arch in (a for a in archs if a in aot.spec_archs(summary)):
                 old = reuse.get((summary.get("build_id"), arch))
                 row = {**old, **_row_labels(summary, arch)} if old else build_row(summary, arch)
                 rows.append(row)

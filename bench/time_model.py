@@ -338,6 +338,12 @@ def _token_dgrad(m: dict[str, Any]) -> dict[str, Any]:
     return dict(trips=[_cdiv(m["S"], m["BLOCK_K"])], flops=2 * 2 * B * m["C"] * m["D"] * m["S"])
 
 
+@_kernel("_token_dgrad_dy_kernel")
+def _token_dgrad_dy(m: dict[str, Any]) -> dict[str, Any]:
+    B = m["Y"].shape[0]  # per image, per hidden chunk: a = W1 y, dh = W2^T do (K = S) and dy += W1^T da (K = chunk)
+    return dict(trips=[_cdiv(m["D"], m["BLOCK_D"])], flops=3 * 2 * B * m["C"] * m["D"] * m["S"])
+
+
 @_kernel("_token_dy_kernel")
 def _token_dy(m: dict[str, Any]) -> dict[str, Any]:
     B = m["DA"].shape[0]  # per image: dy = W1^T da, one K loop over the D hidden units

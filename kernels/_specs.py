@@ -96,12 +96,14 @@ ROUTE_DTYPES = {
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One launcher call the AOT builds cover: dtype route (ROUTE_DTYPES key), shape, drop-path branch scale or not,
-    and activation ("gelu" exact erf, "gelu_tanh" the tanh approximation of JAX/Flax checkpoints)."""
+    activation ("gelu" exact erf, "gelu_tanh" the tanh approximation of JAX/Flax checkpoints), and a forced route
+    where a launcher's choice depends on the GPU (split)."""
 
     route: str
     shape: Shape
     scale: bool = False
     act: str = "gelu"
+    split: bool | None = None  # token_mix_bwd's split= (True: the token GEMMs' split route, what sm_80 runs)
 
     @property
     def tag(self) -> str:
@@ -109,7 +111,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.tag},{self.shape.label}" + (",scale" if self.scale else "")
+        return f"{self.tag},{self.shape.label}" + (",scale" if self.scale else "") + (",split" if self.split else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,12 +205,14 @@ class SpecSet:
         config_index: int | None = None,
         must_fit: bool = True,
         role: str = "",
+        archs: tuple[int, ...] = (90, 80),
     ) -> None:
         """One launch of `kernel` at `shape` with `args` (names -> example values, Ptr for tensors) under `config`.
 
         route: the dtype route's tag ("bf16", "fp32-tf32", ...); must_fit=False marks sizes the current kernels are
         known not to fit (reported by the build tests and the kernel report, not failed); role names one of several
-        launches of the same kernel in one call (e.g. "dW1" / "dW2").
+        launches of the same kernel in one call (e.g. "dW1" / "dW2"); archs: the GPUs whose launchers can pick this
+        build (a kernel the launcher runs on sm_90 only is built and checked for sm_90 only).
         """
         fn = jit_kernel(kernel)
         spec = jit_specialisation(fn, args, config)
@@ -217,9 +221,10 @@ class SpecSet:
         if entry is None:
             tag = ",".join(p for p in (route, role, f"cfg{config_index}" if config_index is not None else "") if p)
             entry = self._specs[key] = dict(
-                kernel=fn.__name__.lstrip("_"), tag=tag, fn=fn, shapes=[], must_fit=must_fit, **spec
+                kernel=fn.__name__.lstrip("_"), tag=tag, fn=fn, shapes=[], must_fit=must_fit, archs=(), **spec
             )
         entry["must_fit"] = entry["must_fit"] or must_fit
+        entry["archs"] = tuple(sorted({*entry["archs"], *archs}, reverse=True))
         if shape.label not in entry["shapes"]:
             entry["shapes"].append(shape.label)
 
@@ -235,6 +240,7 @@ class SpecSet:
                     shapes=list(s["shapes"]),
                     **{k: s[k] for k in ("fn", "signature", "constexprs", "attrs", "num_warps", "num_stages")},
                     must_fit=s["must_fit"],
+                    archs=s["archs"],
                 )
             )
         names = [s["name"] for s in out]

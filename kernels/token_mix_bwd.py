@@ -7,9 +7,18 @@ Backward (do = s * dout[b], [S, C]):
     dW2 = sum_b do h^T [S, Dt];  dW1 = sum_b da y^T [Dt, S];  db2 = sum_{b,c} do;  db1 = sum_{b,c} da
     then the LayerNorm backward over C (+ the residual dout), shared with channel_mix_bwd (kernels/layernorm.py).
 
-Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
+Launches (token_mix_bwd): 5 Triton on sm_90 with fp16/bf16 weights at S <= 256 and a grid of batch x C-tiles >= 256
+(2 + 3 fused, see _fuses), 6 otherwise; nothing else (no cuBLAS, no host sums or casts, no transposed copy of x).
   1. layernorm._ln_prep_kernel (row-wise): fp32 row stats recomputed from x, y = LN(x) in W, do = s*dout in W
      (only when dout is not already that; otherwise no read of dout).
+  2+3. _token_dgrad_dy_kernel (sm_90, 16-bit W, S <= 256, large grids): per image b and [BLOCK_C] channel tile, in the
+     transposed orientation of the forward's fused kernel (channels as the M of every dot, 64 rows per warpgroup,
+     all three dots wgmma): the y^T and do^T strips [BLOCK_C, S_PAD] read once, then per hidden chunk of BLOCK_D
+     a^T = y^T W1^T and dh^T = do^T W2 (K = S_PAD), h and da = dh * GELU'(a) stored in W, and dy^T += da^T W1
+     (K = BLOCK_D, da^T from registers) into a [BLOCK_C, S_PAD] fp32 accumulator stored once in W. The hidden
+     intermediate da is never read back: one [B, Dt, C] W-sized read (and a launch) less than 2 + 3 below.
+     On sm_80 its mma.sync build spills (the two strips as register A operands): there, on other GPUs, for tf32 /
+     fp32, for S > 256 and for small grids (each program walks every hidden chunk in sequence) the split pair runs.
   2. _token_dgrad_kernel: per image b, one dual GEMM over K = S tokens for a [BLOCK_D, BLOCK_C] tile of [Dt, C]:
      a = W1 y[b] and dh = W2^T do[b] (W2 read transposed: an M-major operand), two fp32 accumulators; the epilogue adds
      b1 and stores h = GELU(a) and da = dh * GELU'(a) in W ([B, Dt, C], for the weight gradients and dy; da rounded
@@ -24,11 +33,12 @@ Launches (token_mix_bwd): 6 Triton, nothing else (no cuBLAS, no host sums or cas
   5. layernorm._ln_bwd_kernel (row-wise): LN backward fused with the residual gradient, dg/dbeta partials.
   6. channel_mix_bwd._reduce_partials_kernel: the six partial buffers (dg, dbeta, dW1, db1, dW2, db2) summed in a fixed
      order in one launch, each stored in its parameter's dtype.
-Why 2 + 3 are split (and not one fused kernel per (b, C-tile) keeping [S, BLOCK_C] strips of y, do and dy resident,
-as before): the resident strips cap the hidden chunk at BLOCK_D = 16 rows, below the 64 rows of a Hopper warpgroup MMA,
-so that kernel ran its dots on mma.sync (HMMA), was issue-bound, and did not fit at S >= 576. Split, both kernels are
-plain GEMMs with loads + MMA only in their main loops, M >= 64 per warpgroup (wgmma) at every S; the price is one
-extra round trip of da ([B, Dt, C] in W, read back by kernel 3, hot in L2 for the most part).
+Why 2 + 3 are also kept split (the route of every S and dtype): the fused kernel's dy^T strip [BLOCK_C, S_PAD] fp32
+takes 128 registers per thread at S_PAD = 256 and so caps S (as the forward's fused route), and fp32 / tf32 strips
+do not fit beside it. An earlier fused kernel in the other orientation (hidden units as M) capped the hidden chunk at
+BLOCK_D = 16 rows, below the 64 rows of a warpgroup MMA, and ran on mma.sync (HMMA); split, both kernels are plain
+GEMMs with loads + MMA only in their main loops, M >= 64 per warpgroup (wgmma) at every S; the price is one extra
+round trip of da ([B, Dt, C] in W, read back by kernel 3).
 Determinism: one program per output tile, fixed-order K loops, fixed-layout partials: no atomics, bitwise repeatable.
 Per-program partials of the weight gradients inside kernel 2 would cost [B*C/BLOCK_C, S, Dt] fp32 (hundreds of MB at
 B/16 shapes), which is why the weight gradients get their own kernel.
@@ -36,16 +46,18 @@ B/16 shapes), which is why the weight gradients get their own kernel.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastmixer.kernels._common import dot_precision, gelu_and_grad, keep_configs, mma, pick_configs
+from fastmixer.kernels._common import dot_precision, gelu_and_grad, keep_configs, mma, pick_configs, round_to
 from fastmixer.kernels._specs import ROUTE_DTYPES, SMALL_TRAIN_SHAPES, TOKEN_SHAPES, TRAIN_SHAPES, Case, Ptr, SpecSet
 from fastmixer.kernels.channel_mix_bwd import add_reduce_spec, reduce_partials
 from fastmixer.kernels.layernorm import add_row_kernel_specs, ln_backward, ln_prep, row_programs
-from fastmixer.kernels.token_mix import _image_tile
+from fastmixer.kernels.token_mix import _MAX_FUSED_S_PAD, _image_tile, _s_pad
 from fastmixer.mix_args import MixArgs, check_launch_args
 
 # Target number of wgrad programs (tiles x splits) that fills a large GPU; fixed so the split is a function of shapes
@@ -192,6 +204,64 @@ def _token_dy_kernel(
     tl.store(DY + off, acc.to(DY.dtype.element_ty), mask=s_mask[:, None] & c_mask[None, :])
 
 
+@triton.jit
+def _token_dgrad_dy_kernel(
+    Y,  # [B, S, C] LN(x) in W (bf16 / fp16)
+    DO,  # [B, S, C] s * dout in W
+    W1,  # [D, S] fc1 weight
+    B1,  # [D] fc1 bias
+    W2,  # [S, D] fc2 weight
+    H,  # out [B, D, C] GELU(a) in W
+    DA,  # out [B, D, C] dh * GELU'(a) in W
+    DY,  # out [B, S, C] gradient of LN(x) in W
+    C,
+    D,
+    S: tl.constexpr,
+    S_PAD: tl.constexpr,  # next power of two >= max(S, 16), <= 256: the strips' token extent
+    BLOCK_C: tl.constexpr,  # channels per program: the M of all three dots (64 rows per warpgroup)
+    BLOCK_D: tl.constexpr,  # hidden units per step (N of dots 1-2, K of dot 3)
+    PRECISION: tl.constexpr,
+    ACT: tl.constexpr = "gelu",
+):
+    # Kernels 2 + 3 fused for one image b and one channel tile (Hopper, 16-bit W, S <= 256). Transposed orientation,
+    # as the forward's fused kernel: every dot has the channel tile as M, so warpgroups own disjoint 64-row slices,
+    # da^T feeds dot 3 from registers, and one W1 chunk in shared memory serves dots 1 and 3 (K-major, then N-major):
+    #   a^T[c, d]  = sum_s y^T[c, s] W1^T[s, d]       dot 1: [BLOCK_C, S_PAD] @ [S_PAD, BLOCK_D]
+    #   dh^T[c, d] = sum_s do^T[c, s] W2[s, d]        dot 2: [BLOCK_C, S_PAD] @ [S_PAD, BLOCK_D]
+    #   dy^T[c, s] += sum_d da^T[c, d] W1[d, s]        dot 3: [BLOCK_C, BLOCK_D] @ [BLOCK_D, S_PAD]
+    # The y^T / do^T strips are read once (loop-invariant A operands); h and da are stored per step for the weight
+    # gradients (kernel 4); dy^T [BLOCK_C, S_PAD] fp32 (128 registers per thread at S_PAD = 256) is stored once.
+    pid = tl.program_id(0)
+    n_ct = tl.cdiv(C, BLOCK_C)
+    b = pid // n_ct
+    offs_c = (pid % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    offs_s = tl.arange(0, S_PAD)  # [S_PAD]
+    c_mask = offs_c < C
+    s_mask = offs_s < S
+    w_dtype: tl.constexpr = W1.dtype.element_ty
+    strip = b.to(tl.int64) * S * C + offs_s[None, :] * C + offs_c[:, None]  # [BLOCK_C, S_PAD] offsets of [b, s, c]^T
+    strip_mask = c_mask[:, None] & s_mask[None, :]
+    yt = tl.load(Y + strip, mask=strip_mask, other=0.0)  # padded tokens 0: they add nothing to a or dh
+    dot = tl.load(DO + strip, mask=strip_mask, other=0.0)
+    hd = b.to(tl.int64) * D * C + offs_c[:, None]  # [BLOCK_C, 1] offsets of h[b, 0, c] / da[b, 0, c]
+    acc = tl.zeros([BLOCK_C, S_PAD], dtype=tl.float32)  # dy^T
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+        d_mask = offs_d < D
+        w_mask = s_mask[:, None] & d_mask[None, :]
+        w1t = tl.load(W1 + offs_d[None, :] * S + offs_s[:, None], mask=w_mask, other=0.0)  # [S_PAD, BLOCK_D] W1^T
+        w2 = tl.load(W2 + offs_s[:, None] * D + offs_d[None, :], mask=w_mask, other=0.0)  # [S_PAD, BLOCK_D]
+        a = mma(yt, w1t, None, PRECISION) + tl.load(B1 + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+        dh = mma(dot, w2, None, PRECISION)  # [BLOCK_C, BLOCK_D] fp32
+        h, dgelu = gelu_and_grad(a, ACT)
+        da = round_to(dh * dgelu, w_dtype)  # rounded once to W, as torch does; padded hidden units: dh = 0
+        o_mask = c_mask[:, None] & d_mask[None, :]
+        tl.store(H + hd + offs_d[None, :] * C, round_to(h, w_dtype).to(w_dtype), mask=o_mask)
+        tl.store(DA + hd + offs_d[None, :] * C, da.to(w_dtype), mask=o_mask)
+        acc = mma(da.to(w_dtype), tl.trans(w1t), acc, PRECISION)  # [BLOCK_C, S_PAD]
+    tl.store(DY + strip, acc.to(DY.dtype.element_ty), mask=strip_mask)  # torch's rounding point: dy in W
+
+
 # One autotuner per operand route and kernel: each with its own config list, over the same JIT functions.
 _ROUTES = ("16", "tf32", "fp32")
 _KEY = ["S", "C", "D"]
@@ -202,6 +272,39 @@ _DGRAD = {
     for r in _ROUTES
 }
 _DY = {r: triton.autotune(pick_configs(_gemm_configs("dy", r)), key=_KEY)(_token_dy_kernel) for r in _ROUTES}
+
+# (BLOCK_C, BLOCK_D, warps, stages) of _token_dgrad_dy_kernel, from sm_90 builds (triton 3.6 and 3.8; bf16 and fp16,
+# both GELUs, S = 49 / 196 / 256; all dots HGMMA, no spills). bf16 at S = 196 with triton 3.8: 2 stages 242 registers,
+# 491 instructions per step for 384 MMA cycles; 1 stage 250 registers, 419; 8 warps 227 registers, 468, 164 KB of
+# shared memory, 1 CTA/SM. BLOCK_D = 32 on 4 warps (255 registers, 130 KB, 1 CTA/SM) spills 12 B at S = 256 with 3.6.
+_FUSED_TILES = [(64, 16, 4, 2), (64, 16, 4, 1), (128, 16, 8, 2)]
+
+
+def _fused_configs() -> list[triton.Config]:
+    """Configs of _token_dgrad_dy_kernel; the first is the interpreter's."""
+    return [triton.Config({"BLOCK_C": c, "BLOCK_D": d}, num_warps=w, num_stages=st) for c, d, w, st in _FUSED_TILES]
+
+
+_FUSED = triton.autotune(pick_configs(_fused_configs()), key=_KEY)(_token_dgrad_dy_kernel)
+
+
+# Fewest programs (images x 64-channel tiles) for which token_mix_bwd fuses: each program walks all Dt / 16 hidden
+# chunks in sequence, so small grids leave the GPU idle (time MODEL, H100, batch 1: B/16 14.5 us fused against 6.2 for
+# the split pair, L/16 18.5 against 6.2); 256 is about one wave at 2 CTAs/SM on 132 SMs. A constant, so the route (and
+# the gradients' rounding with it) depends on the shapes only: B/16 fuses from batch 22, L/16 from 16.
+_FUSED_MIN_PROGRAMS = 256
+
+
+def _fuses(B: int, S: int, C: int, w_dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether token_mix_bwd runs _token_dgrad_dy_kernel (one launch, no da round trip) rather than the split dgrad +
+    dy kernels: 16-bit W, S_PAD <= 256 (the dy^T strip's registers), a grid of >= _FUSED_MIN_PROGRAMS, on sm_90, the
+    one target its builds are checked for (on sm_80 its mma.sync build spills 1.5 KB: the split kernels run there, and
+    on every other GPU). On CPU (interpreted tests, launch counting, the AOT capture) the sm_90 choice."""
+    if w_dtype not in (torch.float16, torch.bfloat16) or _s_pad(S) > _MAX_FUSED_S_PAD:
+        return False
+    if B * triton.cdiv(C, 64) < _FUSED_MIN_PROGRAMS:
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) == (9, 0)
 
 
 def _wgrad_configs() -> list[triton.Config]:
@@ -351,12 +454,28 @@ def _wgrad_launch(
     return dw2, db2, dw1, db1
 
 
+def _token_gemms_split(
+    route: str, y: Tensor, do: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, h: Tensor, da: Tensor, dy: Tensor, *,
+    precision: str, act: str,
+) -> None:  # fmt: skip
+    """Kernels 2 and 3: h, da [B, D, C] from y, do [B, S, C], then dy [B, S, C] from da (any S, every route)."""
+    B, S, C = y.shape
+    D = w1.shape[0]
+    _DGRAD[route][lambda meta: (B * triton.cdiv(D, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        y, do, w1, b1, w2, h, da, C, D, S=S, PRECISION=precision, ACT=act,
+    )  # fmt: skip
+    _DY[route][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
+        da, w1, dy, C, D, S=S, PRECISION=precision,
+    )  # fmt: skip
+
+
 def token_mix_bwd(
-    dout: Tensor, args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "gelu"
+    dout: Tensor, args: MixArgs, *, eps: float, allow_tf32: bool, act: str = "gelu", split: bool | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of token_mix: dout [B, S, C]; args (fastmixer.mix_args.MixArgs): x [B, S, C], fc1_weight [Dt, S],
     fc2_weight [S, Dt], branch_scale [B] or None; act "gelu" | "gelu_tanh" -> (dx, d ln_weight, d ln_bias,
-    d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype."""
+    d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias), each in its input's dtype. split: None picks the token GEMMs'
+    route (_fuses, shapes and GPU); True forces the split dgrad + dy kernels, False the fused one (tests cover both)."""
     dout, args = check_launch_args("token_mix_bwd", "token", args, eps=eps, act=act, dout=dout)
     x, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale = args
     B, S, C = x.shape
@@ -368,12 +487,17 @@ def token_mix_bwd(
     dy = torch.empty((B, S, C), device=x.device, dtype=w_dtype)
     precision = dot_precision(allow_tf32, w_dtype)
     route = _route(w_dtype, precision)
-    _DGRAD[route][lambda meta: (B * triton.cdiv(D, meta["BLOCK_D"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
-        y, do, fc1_weight, fc1_bias, fc2_weight, h, da, C, D, S=S, PRECISION=precision, ACT=act,
-    )  # fmt: skip
-    _DY[route][lambda meta: (B * triton.cdiv(S, meta["BLOCK_S"]) * triton.cdiv(C, meta["BLOCK_C"]),)](
-        da, fc1_weight, dy, C, D, S=S, PRECISION=precision,
-    )  # fmt: skip
+    fused = _fuses(B, S, C, w_dtype, x.device) if split is None else not split
+    if fused and (route != "16" or _s_pad(S) > _MAX_FUSED_S_PAD):
+        raise ValueError(f"token_mix_bwd: the fused dgrad + dy kernel takes fp16/bf16 weights and S <= "
+                         f"{_MAX_FUSED_S_PAD}, got {w_dtype} and S = {S}")  # fmt: skip
+    if fused:
+        _FUSED[lambda meta: (B * triton.cdiv(C, meta["BLOCK_C"]),)](
+            y, do, fc1_weight, fc1_bias, fc2_weight, h, da, dy, C, D,
+            S=S, S_PAD=_s_pad(S), PRECISION=precision, ACT=act,
+        )  # fmt: skip
+    else:
+        _token_gemms_split(route, y, do, fc1_weight, fc1_bias, fc2_weight, h, da, dy, precision=precision, act=act)
     dw2_part, db2_part, dw1_part, db1_part = _wgrad_launch(do, h, da, y, allow_tf32=allow_tf32)
     dx, dg_part, dbeta_part, _ = ln_backward(x, dy, dout, ln_weight, mean, rstd)
     grads = [torch.empty_like(p) for p in (ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
@@ -383,15 +507,23 @@ def token_mix_bwd(
 
 
 # ------------------------------------------------------------------------------------------------ AOT build specs
+def _fuses_on_sm90(case: Case) -> bool:
+    """_fuses at the case's dtypes and S on an sm_90 GPU."""
+    shape = case.shape
+    return _fuses(shape.batch, shape.S, shape.C, ROUTE_DTYPES[case.route][2], torch.device("cpu"))
+
+
 def spec_cases() -> list[Case]:
     """The backward launches the AOT builds cover: every dtype route at the training shapes (batch 256) without
     drop-path, with it for bf16 and autocast, the tanh-approximate GELU at B/16 bf16, bf16 and autocast at batch 1, and
-    bf16 / fp32 / tf32 at every other supported token count (S is a constexpr of the two token GEMMs)."""
+    bf16 / fp32 / tf32 at every other supported token count (S is a constexpr of the token GEMMs); each case whose
+    token GEMMs fuse on sm_90 once more with split=True, the route sm_80 (and any other GPU) takes."""
     cases = [Case(route, shape) for route in ROUTE_DTYPES for shape in TRAIN_SHAPES]
     cases += [Case(route, TRAIN_SHAPES[0], scale=True) for route in ("bf16", "fp32+bf16")]
     cases.append(Case("bf16", TRAIN_SHAPES[0], act="gelu_tanh"))
     cases += [Case(route, shape) for route in ("bf16", "fp32+bf16") for shape in SMALL_TRAIN_SHAPES]
-    return cases + [Case(route, shape) for route in ("bf16", "fp32", "fp32-tf32") for shape in TOKEN_SHAPES]
+    cases += [Case(route, shape) for route in ("bf16", "fp32", "fp32-tf32") for shape in TOKEN_SHAPES]
+    return cases + [dataclasses.replace(c, split=True) for c in cases if _fuses_on_sm90(c)]
 
 
 def gpu_build_specs() -> list[dict]:
@@ -408,11 +540,16 @@ def gpu_build_specs() -> list[dict]:
         groute = _route(w_dt, precision)
         B, S, C, D = shape.batch, shape.S, shape.C, shape.DT
         common = dict(C=C, D=D, S=S, PRECISION=precision)
-        dgrad = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, ACT=case.act, **common)
-        for i, cfg in _dgrad_gpu_configs(groute, case.act):
-            specs.add(_token_dgrad_kernel, route, shape, dgrad, cfg, config_index=i)
-        for i, cfg in enumerate(_gemm_configs("dy", groute)):
-            specs.add(_token_dy_kernel, route, shape, dict(DA=w, W1=w, DY=w, **common), cfg, config_index=i)
+        if not case.split and _fuses_on_sm90(case):
+            fused = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, DY=w, S_PAD=_s_pad(S), ACT=case.act, **common)
+            for i, cfg in enumerate(_fused_configs()):
+                specs.add(_token_dgrad_dy_kernel, route, shape, fused, cfg, config_index=i, archs=(90,))
+        else:
+            dgrad = dict(Y=w, DO=w, W1=w, B1=w, W2=w, H=w, DA=w, ACT=case.act, **common)
+            for i, cfg in _dgrad_gpu_configs(groute, case.act):
+                specs.add(_token_dgrad_kernel, route, shape, dgrad, cfg, config_index=i)
+            for i, cfg in enumerate(_gemm_configs("dy", groute)):
+                specs.add(_token_dy_kernel, route, shape, dict(DA=w, W1=w, DY=w, **common), cfg, config_index=i)
         b_per_split = triton.cdiv(B, _wgrad_split(B, S, D))
         split = triton.cdiv(B, b_per_split)
         wgrad = dict(DO=w, H=w, DA=w, Y=w, DW2_PART=f32, DB2_PART=f32, DW1_PART=f32, DB1_PART=f32, NB=B, S=S, D=D, C=C,

@@ -111,6 +111,11 @@ def _check_spec(spec: Any) -> None:
             raise ValueError(f"spec {spec['name']!r}: {key} must be a positive int (warps: a power of two), got {v!r}")
 
 
+def spec_archs(spec: dict[str, Any]) -> tuple[int, ...]:
+    """The archs a spec (or its summary) is built and checked for: its "archs" (kernels/_specs.SpecSet), else ARCHS."""
+    return tuple(a for a in ARCHS if a in spec.get("archs", ARCHS))
+
+
 def spec_dtype(spec: dict[str, Any]) -> str:
     """Report label: spec["dtype"], else the distinct pointer element types ("bf16", "fp32+bf16", ...)."""
     if spec.get("dtype"):
@@ -129,7 +134,7 @@ def _summary(module: str, spec: dict[str, Any]) -> dict[str, Any]:
         "num_warps": spec["num_warps"],
         "num_stages": spec["num_stages"],
         # optional spec keys, passed through when a module's specs carry them
-        **{k: spec[k] for k in ("shapes", "must_fit") if k in spec},
+        **{k: spec[k] for k in ("shapes", "must_fit", "archs") if k in spec},
         "build_id": build_id(spec),
     }
 

@@ -163,6 +163,8 @@ def launch_cases(module: str) -> list[tuple[str, Callable[[], Any]]]:
             dout = torch.empty(args[0].shape, dtype=args[0].dtype)
             launcher = getattr(mod, module)
             kw["act"] = case.act
+            if case.split is not None:
+                kw["split"] = case.split
             cases.append((label, lambda launcher=launcher, args=args, kw=kw, d=dout: launcher(d, MixArgs(*args), **kw)))
         elif module == "norm_pool":
             x_dt, ln_dt, _, _ = _specs.ROUTE_DTYPES[route]

@@ -169,6 +169,43 @@ def test_token_large_token_counts_low_precision(S, x_dtype, w_dtype):
     _three_way("token", case, w_dtype)
 
 
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(2, 49, 72, 25, 99), (2, 5, 70, 40, 9)], ids=["S49", "S5"])
+def test_token_fused_and_split_routes(shape, dtype, act):
+    """The token GEMMs' two routes at the same 16-bit case, with drop-path: _token_dgrad_dy_kernel (split=False, the
+    sm_90 and CPU default at S <= 256) and _token_dgrad_kernel + _token_dy_kernel (split=True). S = 49 pads the strips
+    to 64 tokens, S = 5 to 16; Dt = 25 / 40 and C = 72 / 70 leave ragged hidden chunks and channel tiles. Each route by
+    the three-way rule against the fp32 closed form and torch autograd; the weight and bias gradients of both routes
+    agree closely (the same products, summed in another order)."""
+    from fastmixer.bench.launches import count_launches
+
+    dout, x, params, bs = make_case("token", shape, dtype, scale=True)
+    mix, kw = MixArgs(x, *params, bs), dict(eps=EPS, allow_tf32=False, act=act)
+    fused, names = count_launches(token_mix_bwd, dout, mix, **kw, split=False)
+    split, split_names = count_launches(token_mix_bwd, dout, mix, **kw, split=True)
+    assert "_token_dgrad_dy_kernel" in names and "_token_dgrad_kernel" not in names
+    assert {"_token_dgrad_kernel", "_token_dy_kernel"} <= set(split_names) and len(split_names) == len(names) + 1
+    ref = reference.mix_backward_ref(
+        "token", dout.float(), x.float(), *(p.float() for p in params), eps=EPS, branch_scale=bs, act=act
+    )
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, *params)]
+    reference.token_mix_ref(*leaves, eps=EPS, branch_scale=bs, act=act).backward(dout)
+    for name, f, s_, c, a in zip(NAMES, fused, split, ref, (t.grad for t in leaves)):
+        assert_three_way(f, c.float(), a, "bwd_rel", dtype, what=f"fused {name}")
+        assert_three_way(s_, c.float(), a, "bwd_rel", dtype, what=f"split {name}")
+    assert torch.equal(fused[0][1], dout[1])  # sample 1 has branch scale 0: only the residual gradient
+
+
+def test_token_fused_route_refuses_what_it_cannot_run():
+    dout, x, params, _ = make_case("token", SHAPES[0])  # fp32 weights
+    with pytest.raises(ValueError, match="fused dgrad \\+ dy kernel takes fp16/bf16"):
+        token_mix_bwd(dout, MixArgs(x, *params), eps=EPS, allow_tf32=False, split=False)
+    dout, x, params, _ = make_case("token", (1, 300, 8, 5, 3), torch.bfloat16)
+    with pytest.raises(ValueError, match="S = 300"):
+        token_mix_bwd(dout, MixArgs(x, *params), eps=EPS, allow_tf32=False, split=False)
+
+
 def test_reduce_partials_one_launch_fixed_order():
     """reduce_partials: several partial buffers of different shapes -> their column sums, each stored in its own
     dtype, in one launch; the same bits on every call; bad buffers refused."""

@@ -81,8 +81,8 @@ def memory_row(kernel: str, constexprs: dict[str, Any] | None = None, warps: int
                instructions=200, waits=None)  # fmt: skip
 
 
-# Every fastmixer Triton kernel a bf16 Mixer-B/16 or L/16 forward + backward launches (tiles of the configs only;
-# kernels launched without autotuning get their tiles from the launch itself).
+# Every fastmixer Triton kernel a bf16 Mixer-B/16 or L/16 forward + backward launches at batch 1 or 256 (tiles of the
+# configs only; kernels launched without autotuning get their tiles from the launch itself).
 def kernel_rows() -> list[dict[str, Any]]:
     gemm = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8)
     return [
@@ -102,6 +102,7 @@ def kernel_rows() -> list[dict[str, Any]]:
         memory_row("_ln_bwd_kernel", warps=8, ctas=2),
         row("_token_dgrad_kernel", dict(BLOCK_D=64, BLOCK_C=128, BLOCK_K=32), warps=4, ctas=2),
         row("_token_dy_kernel", dict(BLOCK_S=64, BLOCK_C=128, BLOCK_K=64), warps=4, ctas=3),
+        row("_token_dgrad_dy_kernel", dict(BLOCK_C=64, BLOCK_D=16), warps=4, ctas=2),
         row("_wgrad_kernel", dict(BLOCK_P=64, BLOCK_Q=64, BLOCK_K=32), warps=4, ctas=2),
         memory_row("_reduce_partials_kernel", warps=4, ctas=5),
     ]  # fmt: skip
