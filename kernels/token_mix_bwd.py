@@ -274,10 +274,12 @@ _DGRAD = {
 _DY = {r: triton.autotune(pick_configs(_gemm_configs("dy", r)), key=_KEY)(_token_dy_kernel) for r in _ROUTES}
 
 # (BLOCK_C, BLOCK_D, warps, stages) of _token_dgrad_dy_kernel, from sm_90 builds (triton 3.6 and 3.8; bf16 and fp16,
-# both GELUs, S = 49 / 196 / 256; all dots HGMMA, no spills). bf16 at S = 196 with triton 3.8: 2 stages 242 registers,
-# 491 instructions per step for 384 MMA cycles; 1 stage 250 registers, 419; 8 warps 227 registers, 468, 164 KB of
-# shared memory, 1 CTA/SM. BLOCK_D = 32 on 4 warps (255 registers, 130 KB, 1 CTA/SM) spills 12 B at S = 256 with 3.6.
-_FUSED_TILES = [(64, 16, 4, 2), (64, 16, 4, 1), (128, 16, 8, 2)]
+# both GELUs, S = 49 / 196 / 256; all dots HGMMA, no spills). bf16 at S = 196 with triton 3.8 (kernel report): 4 warps
+# 240 registers, 482 instructions per step for 384 MMA cycles, 2 CTAs/SM; 8 warps 225 registers, 926 for 768, 164 KB
+# of shared memory, 1 CTA/SM. Both stage the W1 / W2 chunks through cp.async. Left out: 1 stage (408 instructions,
+# but plain loads, their latency exposed every step; the time MODEL, which has no latency term, ties it with 2 stages)
+# and BLOCK_D = 32 on 4 warps (255 registers, 130 KB, 1 CTA/SM; spills 12 B at S = 256 with triton 3.6).
+_FUSED_TILES = [(64, 16, 4, 2), (128, 16, 8, 2)]
 
 
 def _fused_configs() -> list[triton.Config]:
