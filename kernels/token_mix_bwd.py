@@ -291,8 +291,8 @@ _FUSED = triton.autotune(pick_configs(_fused_configs()), key=_KEY)(_token_dgrad_
 
 
 # Fewest programs (images x 64-channel tiles) for which token_mix_bwd fuses: each program walks all Dt / 16 hidden
-# chunks in sequence, so small grids leave the GPU idle (time MODEL, H100, batch 1: B/16 14.5 us fused against 6.2 for
-# the split pair, L/16 18.5 against 6.2); 256 is about one wave at 2 CTAs/SM on 132 SMs. A constant, so the route (and
+# chunks in sequence, so small grids leave the GPU idle (time MODEL, H100, batch 1: B/16 15.5 us fused against 6.2 for
+# the split pair, L/16 19.8 against 6.7); 256 is about one wave at 2 CTAs/SM on 132 SMs. A constant, so the route (and
 # the gradients' rounding with it) depends on the shapes only: B/16 fuses from batch 22, L/16 from 16.
 _FUSED_MIN_PROGRAMS = 256
 
