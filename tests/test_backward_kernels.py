@@ -197,6 +197,19 @@ def test_token_fused_and_split_routes(shape, dtype, act):
     assert torch.equal(fused[0][1], dout[1])  # sample 1 has branch scale 0: only the residual gradient
 
 
+def test_token_route_choice():
+    """_fuses: the fused dgrad + dy kernel for 16-bit weights at S <= 256 with >= 256 (image, 64-channel tile)
+    programs, on CPU as on sm_90: B/16 (C = 768, 12 tiles per image) from batch 22, L/16 (16 tiles) from 16."""
+    from fastmixer.kernels.token_mix_bwd import _fuses
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert _fuses(256, 196, 768, bf16, cpu) and _fuses(256, 256, 1280, torch.float16, cpu)
+    assert _fuses(22, 196, 768, bf16, cpu) and not _fuses(21, 196, 768, bf16, cpu)
+    assert _fuses(16, 196, 1024, bf16, cpu) and not _fuses(15, 196, 1024, bf16, cpu)
+    assert not _fuses(256, 196, 768, torch.float32, cpu)  # tf32 / fp32: the split pair
+    assert _fuses(256, 256, 768, bf16, cpu) and not _fuses(256, 257, 768, bf16, cpu)  # the dy^T strip caps S_PAD
+
+
 def test_token_fused_route_refuses_what_it_cannot_run():
     dout, x, params, _ = make_case("token", SHAPES[0])  # fp32 weights
     with pytest.raises(ValueError, match="fused dgrad \\+ dy kernel takes fp16/bf16"):
