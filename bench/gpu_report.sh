@@ -37,6 +37,12 @@ step "runtime selection (fused vs reference per op)"
 timeout -k 10 120 "$PY" -m fastmixer.select --models b16,l16 --batch 256 --dtype bf16 >>"$OUT/env.txt" 2>&1
 echo "selection exit code: $? (124 = timed out)" >>"$OUT/env.txt"
 
+# 1c. the token backward's two routes (appended to env.txt), <= 90 s: dgrad + dy fused vs the split pair, B/16 and
+#     L/16 bf16 at batch 16, 64 and 256, and whether token_mix_bwd's shape rule (from the time MODEL) picks the faster.
+step "token backward routes (fused dgrad + dy vs split pair)"
+timeout -k 10 90 "$PY" bench/token_bwd_routes.py --models b16,l16 --batch 16,64,256 --dtype bf16 >>"$OUT/env.txt" 2>&1
+echo "token_bwd_routes exit code: $? (124 = timed out)" >>"$OUT/env.txt"
+
 # 2. model level through the CLI (files 3-5: report.json, report.md, bench.log; report.png if matplotlib is there),
 #    <= 260 s: B/16 and L/16, bf16, batch 256 then 64, all providers; counts (no GPU needed) first.
 step "model benchmarks"
