@@ -169,15 +169,19 @@ def test_token_large_token_counts_low_precision(S, x_dtype, w_dtype):
     _three_way("token", case, w_dtype)
 
 
+# (B, S, C, Dt, Dc) of the token backward's route tests: S = 196 / 49 / 5 pad to 256 / 64 / 16 tokens
+SHAPES_FUSED = [(2, 196, 72, 40, 9), (2, 49, 72, 25, 99), (2, 5, 70, 40, 9)]
+
+
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("shape", [(2, 49, 72, 25, 99), (2, 5, 70, 40, 9)], ids=["S49", "S5"])
+@pytest.mark.parametrize("shape", SHAPES_FUSED, ids=["S196", "S49", "S5"])
 def test_token_fused_and_split_routes(shape, dtype, act):
     """The token GEMMs' two routes at the same 16-bit case, with drop-path: _token_dgrad_dy_kernel (split=False, the
-    sm_90 and CPU default at S <= 256) and _token_dgrad_kernel + _token_dy_kernel (split=True). S = 49 pads the strips
-    to 64 tokens, S = 5 to 16; Dt = 25 / 40 and C = 72 / 70 leave ragged hidden chunks and channel tiles. Each route by
-    the three-way rule against the fp32 closed form and torch autograd; the weight and bias gradients of both routes
-    agree closely (the same products, summed in another order)."""
+    sm_90 route for large grids) and _token_dgrad_kernel + _token_dy_kernel (split=True). S = 196 pads the strips to
+    256 tokens (60 masked), S = 49 to 64, S = 5 to 16; Dt = 40 / 25 and C = 72 / 70 leave ragged hidden chunks and
+    channel tiles. Each route's gradients by the three-way rule against the fp32 closed form and torch autograd, and
+    the launches each route makes."""
     from fastmixer.bench.launches import count_launches
 
     dout, x, params, bs = make_case("token", shape, dtype, scale=True)
