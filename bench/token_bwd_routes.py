@@ -54,8 +54,8 @@ def compare(cases: Sequence[tuple[str, int, torch.dtype]], timer: Timer, device:
         B, S, C = args.x.shape
         row = dict(variant=variant, batch=batch, dtype=dtype, rule="fused" if tmb._fuses(B, S, C, dtype, dout.device)
                    else "split")  # fmt: skip
-        if tmb._s_pad(S) > tmb._MAX_FUSED_S_PAD:
-            rows.append(dict(row, skipped=f"S = {S}: the fused kernel takes S <= {tmb._MAX_FUSED_S_PAD}"))
+        if not tmb._can_fuse(S, dtype):
+            rows.append(dict(row, skipped=f"S = {S}, {dtype}: the fused kernel cannot run (fp16/bf16, S <= 256)"))
             continue
 
         def run(split: bool, dout=dout, args=args) -> Callable[[], Any]:

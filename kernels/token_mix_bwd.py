@@ -231,11 +231,8 @@ def _token_dgrad_dy_kernel(
     #   dy^T[c, s] += sum_d da^T[c, d] W1[d, s]        dot 3: [BLOCK_C, BLOCK_D] @ [BLOCK_D, S_PAD]
     # The y^T / do^T strips are read once (loop-invariant A operands); h and da are stored per step for the weight
     # gradients (kernel 4); dy^T [BLOCK_C, S_PAD] fp32 (128 registers per thread at S_PAD = 256) is stored once.
-    pid = tl.program_id(0)
-    n_ct = tl.cdiv(C, BLOCK_C)
-    b = pid // n_ct
-    offs_c = (pid % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    offs_s = tl.arange(0, S_PAD)  # [S_PAD]
+    # grid B * cdiv(C, BLOCK_C): one "row tile" of S_PAD tokens per image
+    b, offs_s, offs_c = _image_tile(tl.program_id(0), S_PAD, C, S_PAD, BLOCK_C)  # [S_PAD], [BLOCK_C]
     c_mask = offs_c < C
     s_mask = offs_s < S
     w_dtype: tl.constexpr = W1.dtype.element_ty
@@ -297,14 +294,17 @@ _FUSED = triton.autotune(pick_configs(_fused_configs()), key=_KEY)(_token_dgrad_
 _FUSED_MIN_PROGRAMS = 256
 
 
+def _can_fuse(S: int, w_dtype: torch.dtype) -> bool:
+    """Whether _token_dgrad_dy_kernel can run at all: 16-bit W and S_PAD <= 256 (the dy^T strip's registers)."""
+    return w_dtype in (torch.float16, torch.bfloat16) and _s_pad(S) <= _MAX_FUSED_S_PAD
+
+
 def _fuses(B: int, S: int, C: int, w_dtype: torch.dtype, device: torch.device) -> bool:
     """Whether token_mix_bwd runs _token_dgrad_dy_kernel (one launch, no da round trip) rather than the split dgrad +
-    dy kernels: 16-bit W, S_PAD <= 256 (the dy^T strip's registers), a grid of >= _FUSED_MIN_PROGRAMS, on sm_90, the
-    one target its builds are checked for (on sm_80 its mma.sync build spills 1.5 KB: the split kernels run there, and
-    on every other GPU). On CPU (interpreted tests, launch counting, the AOT capture) the sm_90 choice."""
-    if w_dtype not in (torch.float16, torch.bfloat16) or _s_pad(S) > _MAX_FUSED_S_PAD:
-        return False
-    if B * triton.cdiv(C, 64) < _FUSED_MIN_PROGRAMS:
+    dy kernels: where it can run (_can_fuse), on a grid of >= _FUSED_MIN_PROGRAMS, on sm_90, the one target its
+    builds are checked for (on sm_80 its mma.sync build spills 1.5 KB: the split kernels run there, and on every other
+    GPU). On CPU (interpreted tests, launch counting, the AOT capture) the sm_90 choice."""
+    if not _can_fuse(S, w_dtype) or B * triton.cdiv(C, 64) < _FUSED_MIN_PROGRAMS:
         return False
     return device.type != "cuda" or torch.cuda.get_device_capability(device) == (9, 0)
 
@@ -490,7 +490,7 @@ def token_mix_bwd(
     precision = dot_precision(allow_tf32, w_dtype)
     route = _route(w_dtype, precision)
     fused = _fuses(B, S, C, w_dtype, x.device) if split is None else not split
-    if fused and (route != "16" or _s_pad(S) > _MAX_FUSED_S_PAD):
+    if fused and not _can_fuse(S, w_dtype):
         raise ValueError(f"token_mix_bwd: the fused dgrad + dy kernel takes fp16/bf16 weights and S <= "
                          f"{_MAX_FUSED_S_PAD}, got {w_dtype} and S = {S}")  # fmt: skip
     if fused:
